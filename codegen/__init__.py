@@ -1,0 +1,1 @@
+"""kiln code generators, one sub-package per target."""

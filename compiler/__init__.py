@@ -1,0 +1,1 @@
+"""kiln: a graph-optimization compiler for neural networks."""

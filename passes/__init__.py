@@ -1,0 +1,1 @@
+"""Built-in kiln passes: cleanup, folding, fusion, quantization, layout, precision, memory."""
