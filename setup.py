@@ -103,6 +103,11 @@ setup(
         "tensorrt": ["tensorrt"],
         "plot": ["matplotlib"],
     },
-    entry_points={"console_scripts": ["kiln = kiln.driver.cli:main"]},
+    entry_points={
+        "console_scripts": ["kiln = kiln.driver.cli:main"],
+        # The one group every pass provider registers through, kiln's own passes included
+        # (kiln.passmanager.registry): a Pass class, a module, or a function to call.
+        "kiln.passes": ["kiln-builtin = kiln.passes:register_builtins"],
+    },
     zip_safe=False,
 )

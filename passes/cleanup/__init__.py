@@ -1,0 +1,1 @@
+"""Cleanup passes: dead code, common subexpressions, no-op removal."""

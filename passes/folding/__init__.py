@@ -1,0 +1,1 @@
+"""Folding passes: constants, and the shape-computation subgraphs exporters leave behind."""

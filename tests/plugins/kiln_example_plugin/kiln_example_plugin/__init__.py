@@ -1,0 +1,10 @@
+"""An example kiln plugin.
+
+kiln finds it through the ``kiln.passes`` entry point in ``pyproject.toml``,
+which names this package: importing it imports the modules below, whose
+``@register_pass`` classes become available by name in pipelines.
+"""
+
+from kiln_example_plugin.count_ops import CountOps
+
+__all__ = ["CountOps"]
