@@ -1,0 +1,388 @@
+"""``compile(model, target, out_dir, ...)``: load, optimize, legalize, emit.
+
+The one function behind ``kiln compile`` and ``kiln.compile``::
+
+    result = compile("resnet50.onnx", "onnx", "out", level=2)
+    print(result.summary())   # kiln: resnet50.onnx -> out/resnet50.onnx  nodes 122 -> 57 ...
+
+Targets are a table: a name maps to the package ``kiln.codegen.<name>``,
+which provides ``legalize_pipeline() -> str`` and
+``emit(graph, out_dir, stem, options) -> list[Path]``.  The optimization
+pipeline (a preset or the caller's text) and the target's legalization run
+as one pipeline under one pass manager.
+
+Artifacts are emitted into a private staging folder inside ``out_dir`` and
+renamed into place only when everything succeeded, so a failure leaves no
+file behind (and no ``out_dir`` when this call created it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from kiln.driver.options import InputShapes, format_size, parse_input_shapes, require_file
+from kiln.errors import UsageError
+from kiln.ir.core import Graph
+
+# Target name -> the package that generates code for it.  Add "ncnn",
+# "tflite" and "tensorrt" here as their packages land.
+TARGETS: dict[str, str] = {
+    "onnx": "kiln.codegen.onnx",
+}
+
+DEFAULT_LEVEL = 2
+
+
+@dataclass
+class CompileResult:
+    """What :func:`compile` did.
+
+    Attributes:
+        source: the model as given (a path, or ``None`` for an in-memory graph).
+        target: the target name.
+        out_dir: the output folder as given.
+        artifacts: the files written, the main artifact first.
+        level: the preset level, or ``None`` when a pipeline was given.
+        pipeline: the pipeline text that ran (optimization, then legalization).
+        nodes_before / nodes_after: node counts, subgraphs included.
+        size_before / size_after: bytes on disk (model plus its external data;
+            the artifacts); ``size_before`` is ``None`` for an in-memory graph.
+        seconds: wall time of the whole call.
+        stats: the counters passes bumped on the pass context.
+        report: the pass manager's ``PassReport`` (``None`` when no pass ran).
+        graph: the optimized graph.
+    """
+
+    source: str | None
+    target: str
+    out_dir: str
+    artifacts: list[Path]
+    level: int | None
+    pipeline: str
+    nodes_before: int
+    nodes_after: int
+    size_before: int | None
+    size_after: int
+    seconds: float
+    stats: dict[str, int] = field(default_factory=dict)
+    report: Any = field(default=None, repr=False)
+    graph: Graph | None = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        """The one line ``kiln compile`` prints."""
+        shown = os.path.join(self.out_dir, self.artifacts[0].name) if self.artifacts else self.out_dir
+        if len(self.artifacts) > 1:
+            shown += f" (+{len(self.artifacts) - 1} files)"
+        before = format_size(self.size_before) if self.size_before is not None else "?"
+        label = f"O{self.level}" if self.level is not None else "pipeline"
+        stopped = getattr(self.report, "stopped_after", None)
+        tail = f", stopped after {stopped}" if stopped else ""
+        return (
+            f"kiln: {self.source or '<graph>'} -> {shown}  nodes {self.nodes_before} -> {self.nodes_after}"
+            f"  size {before} -> {format_size(self.size_after)}  {self.seconds:.2f} s  ({label}, {self.target}{tail})"
+        )
+
+
+def target_module(target: str) -> Any:
+    """The codegen package of ``target``; a :class:`UsageError` for an unknown name."""
+    if target not in TARGETS:
+        raise UsageError(f"unsupported target {target!r} (supported: {', '.join(sorted(TARGETS))})")
+    return importlib.import_module(TARGETS[target])
+
+
+def compile(
+    model: str | os.PathLike[str] | Graph,
+    target: str = "onnx",
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    level: int | None = DEFAULT_LEVEL,
+    pipeline: str | None = None,
+    input_shapes: InputShapes | Sequence[str] | None = None,
+    fold_limit: int | None = None,
+    verify_each: bool = True,
+    time_passes: bool = False,
+    print_ir_after: Sequence[str] = (),
+    print_ir_after_change: bool = False,
+    dump_ir_dir: str | os.PathLike[str] | None = None,
+    stop_after: str | None = None,
+    load_passes: Iterable[str | os.PathLike[str]] = (),
+    options: Mapping[str, Any] | None = None,
+    stem: str | None = None,
+    log: TextIO | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CompileResult:
+    """Compiles ``model`` for ``target`` into ``out_dir``.
+
+    Args:
+        model: an ONNX file, or a loaded :class:`Graph` (optimized in place).
+        target: a name from :data:`TARGETS`.
+        out_dir: the output folder; created when missing.
+        level: the preset ``O0``..``O3``; ignored when ``pipeline`` is given.
+        pipeline: a pipeline string that replaces the preset.
+        input_shapes: input name -> dims (ints or symbol names), or
+            ``--input-shape`` strings (``"x:1,3,224,224"``).
+        fold_limit: the largest constant (bytes) folding may create.
+        verify_each: verify the IR after every pass.
+        time_passes, print_ir_after, print_ir_after_change, dump_ir_dir,
+            stop_after: pass-manager instruments; their output goes to ``log``.
+        load_passes: plugin files whose passes to register first.
+        options: target options.
+        stem: the artifact's base name; defaults to the model file's stem
+            (``model`` for a Graph: names inside a model never become paths).
+        log: where instruments write (default ``sys.stderr``).
+        progress: called with a short text as each stage starts.
+
+    Raises:
+        kiln.errors.KilnError: any user-caused failure (the subclass says what).
+    """
+    start = time.perf_counter()
+    log = log if log is not None else sys.stderr
+    note = progress or (lambda _text: None)
+    codegen = target_module(target)
+    if out_dir is None:
+        raise UsageError("compile needs an output folder (-o OUTDIR)")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {os.fspath(out_dir)}: exists and is not a folder")
+    shapes = _as_input_shapes(input_shapes)
+
+    source: str | None = None
+    if not isinstance(model, Graph):
+        source = os.fspath(model)
+        require_file(source)
+    stem = stem or (Path(source).stem if source else "model")
+    if not stem or stem in (".", "..") or os.sep in stem or (os.altsep and os.altsep in stem):
+        raise UsageError(f"artifact name {stem!r} is not a plain file name")
+
+    level, full_text, parsed = _prepare_pipeline(codegen, level, pipeline, load_passes)
+    instruments = _instruments(
+        time_passes=time_passes,
+        print_ir_after=list(print_ir_after),
+        print_ir_after_change=print_ir_after_change,
+        dump_ir_dir=dump_ir_dir,
+        stop_after=stop_after,
+        log=log,
+    )
+
+    if isinstance(model, Graph):
+        graph = model
+    else:
+        note(f"loading {source}")
+        graph = _load(source, shapes)  # type: ignore[arg-type]
+    _check_shape_names(graph, shapes, source)
+    nodes_before = count_nodes(graph)
+    size_before = _source_bytes(source, graph) if source else None
+
+    from kiln.passmanager.base import PassContext
+    from kiln.passmanager.manager import PassManager
+
+    ctx = PassContext(target=target)
+    if fold_limit is not None:
+        ctx.fold_limit = fold_limit
+    report = None
+    if parsed is not None:
+        note("optimizing")
+        if progress is not None:
+            instruments.append(_progress_instrument(progress))
+        report = PassManager(parsed, verify_each=verify_each, instruments=instruments).run(graph, ctx)
+    nodes_after = count_nodes(graph)
+
+    note(f"writing {target}")
+    protect = {os.path.realpath(p) for p in _source_files(source, graph)} if source else set()
+    artifacts = _emit(codegen, graph, out, stem, options, protect)
+    return CompileResult(
+        source=source,
+        target=target,
+        out_dir=os.fspath(out_dir),
+        artifacts=artifacts,
+        level=level,
+        pipeline=full_text,
+        nodes_before=nodes_before,
+        nodes_after=nodes_after,
+        size_before=size_before,
+        size_after=sum(p.stat().st_size for p in artifacts),
+        seconds=time.perf_counter() - start,
+        stats=dict(ctx.stats),
+        report=report,
+        graph=graph,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _prepare_pipeline(
+    codegen: Any, level: int | None, pipeline: str | None, load_passes: Iterable[str | os.PathLike[str]]
+) -> tuple[int | None, str, Any]:
+    """Registers plugin files, then parses preset-or-pipeline plus the target's legalization.
+
+    Parsing comes before the (possibly long) model load, so a typo fails fast.
+    Returns the level (``None`` for a custom pipeline), the full text, and the
+    parsed pipeline (``None`` when there is nothing to run).
+    """
+    from kiln.passmanager import registry
+    from kiln.passmanager.pipeline import Pipeline
+
+    for plugin in load_passes:
+        registry.load_pass_file(require_file(plugin, "--load-pass"))
+    if pipeline is not None:
+        level, opt_text = None, pipeline
+    else:
+        level = DEFAULT_LEVEL if level is None else level
+        opt_text = _preset(level)
+    full_text = ",".join(t for t in (opt_text.strip(), codegen.legalize_pipeline().strip()) if t)
+    return level, full_text, Pipeline.parse(full_text) if full_text else None
+
+
+def _preset(level: int) -> str:
+    """Preset ``-O<level>`` as pipeline text: its bundle name (``O2``)."""
+    from kiln.passmanager.presets import preset_name
+
+    try:
+        return preset_name(level)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _progress_instrument(progress: Callable[[str], None]) -> Any:
+    """An instrument that reports each pass as it starts."""
+    from kiln.passmanager.instruments import PassInstrument
+
+    class _Progress(PassInstrument):
+        def before_pass(self, pass_: Any, graph: Graph, run: Any) -> None:
+            progress(f"optimizing: {pass_.name} (pass {len(run.records) + 1}, {len(graph)} nodes)")
+
+    return _Progress()
+
+
+def _instruments(
+    *,
+    time_passes: bool,
+    print_ir_after: list[str],
+    print_ir_after_change: bool,
+    dump_ir_dir: str | os.PathLike[str] | None,
+    stop_after: str | None,
+    log: TextIO,
+) -> list[Any]:
+    """The pass-manager instruments the options ask for; those that print write to ``log``."""
+    from kiln.passmanager import instruments as ins
+
+    chosen: list[Any] = []
+    if time_passes:
+        chosen.append(ins.TimePasses(stream=log))
+    if print_ir_after:
+        chosen.append(ins.PrintIRAfter(print_ir_after, stream=log))
+    if print_ir_after_change:
+        chosen.append(ins.PrintIRAfterChange(stream=log))
+    if dump_ir_dir is not None:
+        chosen.append(ins.DumpIRDir(dump_ir_dir))
+    if stop_after:
+        chosen.append(ins.StopAfter(stop_after))
+    return chosen
+
+
+def load_model(path: str | os.PathLike[str], input_shapes: InputShapes | Sequence[str] | None = None) -> Graph:
+    """Loads an ONNX file through the frontend after checking the file and the shapes."""
+    source = os.fspath(path)
+    require_file(source)
+    shapes = _as_input_shapes(input_shapes)
+    graph = _load(source, shapes)
+    _check_shape_names(graph, shapes, source)
+    return graph
+
+
+def _load(source: str, shapes: InputShapes) -> Graph:
+    from kiln import frontend
+
+    if shapes:
+        return frontend.load(source, input_shapes=shapes)
+    return frontend.load(source)
+
+
+def _as_input_shapes(value: InputShapes | Sequence[str] | None) -> InputShapes:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k): tuple(v) for k, v in value.items()}
+    if isinstance(value, str):
+        value = [value]
+    return parse_input_shapes(value)
+
+
+def _check_shape_names(graph: Graph, shapes: InputShapes, source: str | None) -> None:
+    names = [v.name for v in graph.inputs]
+    for name in shapes:
+        if name not in names:
+            listed = ", ".join(names) or "none"
+            raise UsageError(f"--input-shape names {name!r}, which is not an input (inputs: {listed})", file=source)
+
+
+def count_nodes(graph: Graph) -> int:
+    """Nodes of the graph and of every subgraph."""
+    return sum(1 for _ in graph.walk())
+
+
+def _source_files(source: str, graph: Graph) -> list[str]:
+    """The model file and every external-data file its constants map."""
+    files = [source]
+    seen = {os.path.realpath(source)}
+    for g in graph.all_graphs():
+        for value in g.constants.values():
+            ext = value.const.external if value.const is not None else None
+            if ext is not None and os.path.realpath(ext.path) not in seen:
+                seen.add(os.path.realpath(ext.path))
+                files.append(ext.path)
+    return files
+
+
+def _source_bytes(source: str, graph: Graph) -> int:
+    return sum(os.path.getsize(p) for p in _source_files(source, graph) if os.path.exists(p))
+
+
+def _emit(codegen: Any, graph: Graph, out: Path, stem: str, options: Mapping[str, Any] | None, protect: set[str]) -> list[Path]:
+    """Emits into a staging folder inside ``out`` and renames the files into place."""
+    created = _missing_parents(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".kiln-", dir=out)).resolve()
+    try:
+        listed = [(staging / p).resolve() for p in codegen.emit(graph, staging, stem, dict(options or {}))]
+        files = listed + sorted(p for p in staging.rglob("*") if p.is_file() and p not in listed)
+        moves = [(f, out / f.relative_to(staging)) for f in files]
+        for _, dest in moves:
+            if os.path.realpath(dest) in protect:
+                raise UsageError(f"refusing to overwrite the input {dest}; choose another -o")
+        for src, dest in moves:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        return [dest for _, dest in moves]
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and its missing ancestors, outermost first (what mkdir will create)."""
+    missing: list[Path] = []
+    p = folder.absolute()
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    return list(reversed(missing))
