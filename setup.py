@@ -93,9 +93,17 @@ setup(
             "pytest-xdist>=3",
             "hypothesis>=6",
             "filecheck>=1.0",
+            "mypy",
             "rapidocr-onnxruntime>=1.3",
             "onnxslim",
-            "mypy",
+            # timm exports for the real-model tests: the CPU build of torch
+            # (a local wheel here), onnxscript for the dynamo exporter, and
+            # timm's own needs; timm itself goes in with --no-deps (README).
+            "torch==2.13.0",
+            "onnxscript",
+            "pyyaml",
+            "huggingface_hub",
+            "safetensors",
         ],
         "bench": ["onnxslim", "onnxsim", "onnxoptimizer", "rapidocr-onnxruntime>=1.3"],
         "ncnn": ["ncnn"],

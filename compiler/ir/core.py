@@ -171,6 +171,49 @@ class Use(NamedTuple):
     index: int
 
 
+class UseList:
+    """A value's uses in the order they were added, with O(1) add and remove.
+
+    Iterates as :class:`Use` tuples and indexes like a list; removal by
+    ``(node, index)`` is constant time, so a constant shared by 100k nodes
+    does not make every rewrite near it quadratic.
+    """
+
+    __slots__ = ("_uses",)
+
+    def __init__(self) -> None:
+        self._uses: dict[tuple[int, int], Use] = {}
+
+    def add(self, use: "Use") -> None:
+        self._uses[(id(use.node), use.index)] = use
+
+    append = add
+
+    def discard(self, node: "Node", index: int) -> bool:
+        return self._uses.pop((id(node), index), None) is not None
+
+    def has(self, node: "Node", index: int) -> bool:
+        use = self._uses.get((id(node), index))
+        return use is not None and use.node is node
+
+    def __iter__(self) -> Iterator["Use"]:
+        return iter(list(self._uses.values()))
+
+    def __len__(self) -> int:
+        return len(self._uses)
+
+    def __bool__(self) -> bool:
+        return bool(self._uses)
+
+    def __getitem__(self, i: int) -> "Use":
+        if i == 0 and self._uses:
+            return next(iter(self._uses.values()))
+        return list(self._uses.values())[i]
+
+    def __repr__(self) -> str:
+        return f"UseList({list(self._uses.values())!r})"
+
+
 class Value:
     """One SSA value: a graph input, a constant, or a node's output."""
 
@@ -181,7 +224,7 @@ class Value:
         self.type = type
         self.producer: Node | None = None
         self.output_index = 0
-        self.uses: list[Use] = []
+        self.uses = UseList()
         self.const = const
         self.graph: Graph | None = None
         self.meta: dict[str, Any] = {}
@@ -428,13 +471,8 @@ def _drop_nested_uses(node: Node) -> None:
 
 
 def _remove_use(value: Value, node: Node, index: int) -> None:
-    uses = value.uses
-    for i in range(len(uses) - 1, -1, -1):
-        use = uses[i]
-        if use.node is node and use.index == index:
-            del uses[i]
-            return
-    raise AssertionError(f"use-list of %{value.name} lacks {node!r} input {index}")
+    if not value.uses.discard(node, index):
+        raise AssertionError(f"use-list of %{value.name} lacks {node!r} input {index}")
 
 
 # --------------------------------------------------------------------------- graphs

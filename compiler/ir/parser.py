@@ -4,7 +4,8 @@
 (``add_input``, ``add_constant``, ``Node`` + ``insert_node``), so use-lists,
 order and the shared name table are right, and ``print_graph`` of the result
 is the same text.  Whitespace (newlines included) only separates tokens, and
-``//`` starts a comment that runs to the end of the line.
+``//`` or a ``#`` not followed by a letter or digit (``# IR after ...``)
+starts a comment that runs to the end of the line.
 
 Grammar (EBNF; ``{x}`` is zero or more, ``[x]`` optional)::
 
@@ -24,7 +25,7 @@ Grammar (EBNF; ``{x}`` is zero or more, ``[x]`` optional)::
     domain    ::= DOTTED | STRING                  (* 'onnx' is the default domain "" *)
     attr      ::= (IDENT | STRING) '=' attrval
     attrval   ::= INT | FLOAT | STRING | BYTES | tensor | type | graph | 'sparse' '<' BYTES '>'
-                | '[' attrval {',' attrval} ']' | EMPTYLIST
+                | '[' [attrval {',' attrval}] ']' | EMPTYLIST      (* a bare '[]' reads as ints[] *)
     tensor    ::= TENSORTYPE (dense | REF)          (* the type's dims must be static *)
     dense     ::= 'dense' '<' literal '>'          (* a scalar literal of a non-scalar type: splat *)
     literal   ::= scalar | '[' [literal {',' literal}] ']'
@@ -53,8 +54,9 @@ A ``#sha1=`` reference parses to a tensor with the given type and checksum and
 no data (``numpy()`` raises :class:`kiln.ir.printer.MissingTensorData`, a
 ``ValueError``); ``parse_graph(text, constants={...})`` binds data by constant
 name or by checksum.  Errors raise :class:`kiln.errors.ParseError` with the
-line and column.  The parser loops over statements and recurses only into
-subgraphs and dense literals, so its depth is the nesting depth.
+line and column.  The parser loops over statements and literals; it recurses
+only into nested subgraphs, types and fused locations, so a 100k-node graph
+parses at constant stack depth (too deep a nesting is a ParseError too).
 """
 
 from __future__ import annotations
@@ -62,10 +64,10 @@ from __future__ import annotations
 import gc
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-
 from kiln.errors import ParseError
 from kiln.ir.core import UNKNOWN_LOCATION, Attr, AttrKind, Graph, Location, Node, Value, canonical_domain
 from kiln.ir.dtypes import DType
@@ -78,6 +80,7 @@ _DTYPES = "|".join(sorted((d.short for d in DType), key=len, reverse=True))
 _LISTS = "sparse_tensors|tensors|strings|floats|graphs|types|ints"
 _TOKEN = re.compile(
     r"//[^\n]*"
+    r"|#(?![A-Za-z0-9])[^\n]*"
     rf"|{_STR}"
     rf"|b{_STR}"
     rf"|%(?:[A-Za-z0-9_.]+|{_STR})"
@@ -85,10 +88,10 @@ _TOKEN = re.compile(
     r"|#[A-Za-z0-9]+=[0-9A-Za-z]*"
     rf"|(?:{_DTYPES})\[(?:[^\]\"\n]|{_STR})*\]"
     rf"|(?:{_LISTS})\[\]"
-    r'|dense<[^<>"()]*>'
+    r'|dense<[^<>"()\n]*>'
     r"|->"
     r"|-?0[xX][0-9A-Fa-f]+"
-    r"|-?(?:\d+\.\d*(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+)"
+    r"|-?(?:[0-9]+\.[0-9]*(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+|[0-9]+)"
     r"|-(?:inf|nan)\b"
     r"|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
     r"|[()\[\]{}<>,=:?.]"
@@ -113,11 +116,21 @@ _PLURAL = {
     AttrKind.SPARSE_TENSOR: AttrKind.SPARSE_TENSORS,
 }
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*").fullmatch
+_INT = re.compile(r"-?[0-9]+").fullmatch
 _FLOAT_WORDS = ("inf", "nan", "-inf", "-nan")
-_BYTES_ESCAPE = re.compile(rb"\\(x[0-9A-Fa-f]{2}|.)", re.S)
+_BYTES_ESCAPE = re.compile(rb"\\(x[0-9A-Fa-f]{2}|.)", re.DOTALL)
 _DENSE_SPLIT = re.compile(r"[\[\],\s]+")
 _DENSE_SKELETON = re.compile(r"[^\[\],]")
 _NO_TYPE = object()
+_COMMENT_START = re.compile(r"//|#(?![A-Za-z0-9])")
+_COMMENT = _COMMENT_START.match  # a comment token ('#sha1=' is not one)
+_STRAY = {
+    '"': "unterminated string",
+    "%": "'%' must be followed by a value name",
+    "@": "'@' must be followed by a graph name",
+    "#": "malformed reference: expected #sha1=<hex digits>",
+}
+_STRAY_CHARS = frozenset(_STRAY)
 
 
 def parse_graph(
@@ -141,8 +154,11 @@ def parse_graph(
     """
     collecting = gc.isenabled()
     gc.disable()  # a parse creates millions of objects and no garbage: collecting is wasted time
+    parser = _Parser(text, constants or {}, filename)
     try:
-        return _Parser(text, constants or {}, filename).parse()
+        return parser.parse()
+    except RecursionError:
+        raise parser.error("nesting too deep (subgraphs, types or locations)") from None
     finally:
         if collecting:
             gc.enable()
@@ -192,10 +208,14 @@ class _Parser:
         self.constants = constants
         self.filename = filename
         toks = _TOKEN.findall(text)
-        if "//" in text:
-            toks = [t for t in toks if not t.startswith("//")]
+        if _COMMENT_START.search(text):
+            toks = [t for t in toks if not _COMMENT(t)]
         toks.append("")  # end of input
         self.toks = toks
+        stray = _STRAY_CHARS.intersection(toks)  # a sigil or quote that did not start a whole token
+        if stray:
+            at = min(toks.index(c) for c in stray)
+            raise self.error(_STRAY[toks[at]], at)
         self.i = 0
         self.visible: dict[str, Value] = {}
         self.defined: set[str] = set()
@@ -209,7 +229,7 @@ class _Parser:
         offset = len(self.text)
         n = 0
         for m in _TOKEN.finditer(self.text):
-            if m.group().startswith("//"):
+            if _COMMENT(m.group()):
                 continue
             if n == k:
                 offset = m.start()
@@ -244,7 +264,7 @@ class _Parser:
 
     def integer(self, what: str = "an integer") -> int:
         tok = self.toks[self.i]
-        if not tok or not (tok[0].isdigit() or (tok[0] == "-" and tok[1:2].isdigit())) or not tok.lstrip("-").isdigit():
+        if not _INT(tok):
             raise self.error(f"expected {what}, found {self.describe(self.i)}")
         self.i += 1
         return int(tok)
@@ -419,7 +439,7 @@ class _Parser:
             self.i += 1
             if tok in _FLOAT_WORDS or "." in tok or "e" in tok or "E" in tok:
                 return Attr(AttrKind.FLOAT, float(tok))
-            if not tok.lstrip("-").isdigit():
+            if not _INT(tok):
                 raise self.error(f"expected an attribute value, found {self.describe(at)}", at)
             return Attr(AttrKind.INT, int(tok))
         if c == '"':
@@ -448,7 +468,7 @@ class _Parser:
             return Attr(AttrKind.TYPE_PROTO, self.type())
         if c.isalpha() and tok.endswith("]"):
             nxt = toks[at + 1]
-            if nxt.startswith("dense") or nxt.startswith("#"):
+            if nxt.startswith(("dense", "#")):
                 return Attr(AttrKind.TENSOR, self.tensor(f"attribute {key!r}", None))
             return Attr(AttrKind.TYPE_PROTO, self.type())
         raise self.error(f"expected an attribute value, found {self.describe(at)}", at)
@@ -489,7 +509,7 @@ class _Parser:
         if toks[i + 3 : i + 8 : 2] == [":", ":", ")"] and toks[i + 1] == "(":
             # The common ``loc("file":12:"name")``, without the general machinery.
             file, index, name = toks[i + 2], toks[i + 4], toks[i + 6]
-            if file[:1] == '"' and name[:1] == '"' and index.isdigit():
+            if file[:1] == '"' and name[:1] == '"' and _INT(index):
                 self.i = i + 8
                 files = self.files
                 f = files.get(file)
@@ -850,7 +870,7 @@ def _array(items: list[Any], skeleton: str, dtype: DType, shape: tuple[int, ...]
             raise ValueError("expected true or false") from None
     elif dtype.is_integer:
         for x in items:
-            if not isinstance(x, str) or not x.lstrip("-").isdigit():
+            if not isinstance(x, str) or not _INT(x):
                 raise ValueError(f"expected an integer, found {x!r}")
         wide = np.array([int(x) for x in items], dtype=np.uint64 if dtype == DType.UINT64 else np.int64)
         arr = wide.astype(np_dtype)

@@ -35,7 +35,6 @@ import re
 from typing import Any
 
 import numpy as np
-
 from kiln.ir.core import Attr, AttrKind, Graph, Location, ModelInfo, Node, Value
 from kiln.ir.dtypes import DType
 from kiln.ir.tensor import Tensor
@@ -299,7 +298,7 @@ class _Printer:
         if kind == AttrKind.FLOAT:
             return repr(float(v))
         if kind == AttrKind.STRING:
-            return quote_bytes(v) if isinstance(v, (bytes, bytearray)) else quote(v)
+            return quote_bytes(bytes(v)) if isinstance(v, (bytes, bytearray)) else quote(v)
         if kind == AttrKind.TENSOR:
             return self.tensor(v)
         if kind == AttrKind.GRAPH:
@@ -317,9 +316,6 @@ class _Printer:
             return "[" + ",".join(repr(float(x)) for x in items) + "]"
         single = _SINGULAR[kind]
         return "[" + ", ".join(self.attr(Attr(single, x), indent, opsets) for x in items) + "]"
-
-    def location(self, loc: Location) -> str:
-        return format_location(loc)
 
     # ---- statements
 

@@ -103,7 +103,7 @@ class Tensor:
                 h.update(item if isinstance(item, bytes) else str(item).encode())
                 h.update(b"\0")
         else:
-            h.update(arr.reshape(-1).view(np.uint8))  # the same bytes as tobytes(), without a copy
+            h.update(arr.reshape(-1).view(np.uint8).data)  # the same bytes as tobytes(), without a copy
         self._checksum = h.hexdigest()[:8]
         return self._checksum
 

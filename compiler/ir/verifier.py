@@ -30,12 +30,14 @@ def _verify_graph(graph: Graph, outer_defined: set[int], check_schemas: bool) ->
         defined = set(outer)
         for v in g.inputs:
             _check_owner(g, v, None)
+            _check_uses(None, v)
             defined.add(id(v))
         for name, v in g.constants.items():
             if v.name != name:
                 raise _fail(None, f"constant table key {name!r} does not match value name {v.name!r}")
             if v.const is None:
                 raise _fail(None, f"constant %{v.name} has no data")
+            _check_uses(None, v)
             defined.add(id(v))
         count = 0
         for node in g:
@@ -48,7 +50,7 @@ def _verify_graph(graph: Graph, outer_defined: set[int], check_schemas: bool) ->
                 if id(value) not in defined:
                     where = "is produced later" if value.producer is not None and value.producer.graph is g else "is not defined"
                     raise _fail(node, f"input {index} %{value.name} {where}")
-                if not any(u.node is node and u.index == index for u in value.uses):
+                if not value.uses.has(node, index):
                     raise _fail(node, f"input {index} %{value.name} is missing from its use-list")
             for i, out in enumerate(node.outputs):
                 if out.producer is not node or out.output_index != i:
@@ -76,7 +78,7 @@ def _check_owner(graph: Graph, value: Value, node: Node | None) -> None:
         raise _fail(node, f"value %{value.name} does not belong to graph {graph.name!r}")
 
 
-def _check_uses(node: Node, value: Value) -> None:
+def _check_uses(node: Node | None, value: Value) -> None:
     for use in value.uses:
         user = use.node
         if use.index >= len(user.inputs) or user.inputs[use.index] is not value:

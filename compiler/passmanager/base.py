@@ -79,7 +79,7 @@ class PassContext:
     """
 
     target: str | None = None
-    fold_limit: int = 1 << 26
+    fold_limit: int = 1 << 30  # 1 GiB: folds real weights, refuses absurd expansions
     calibration: Any = None
     debug_rules: bool = False
     stats: dict[str, int] = field(default_factory=dict)

@@ -5,7 +5,9 @@ Cases handled (each only when provably exact from the types and constants):
 - ``Identity``; ``Dropout`` in inference (training_mode absent or false) when
   its mask is unused; single-input ``Concat``, ``Sum``, ``Max``, ``Min``,
   ``Mean``; one-output ``Split``;
-- ``Cast``/``CastLike`` to the dtype the input already has;
+- ``Cast``/``CastLike`` to the dtype the input already has; a round trip
+  ``Cast(Cast(x, T2), T1)`` back to x's type when T2 holds every value of x
+  (a lossless widening, or int32 for dims coming from ``Shape``);
 - ``Reshape``, ``Expand``, ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Tile``,
   ``Slice``, ``Pad`` whose output type equals the input type (a same-shape
   reshape, an expand to its own shape, all-ones repeats, a full slice, zero
@@ -30,6 +32,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from kiln.ir.core import Graph, Node, Value
+from kiln.ir.dtypes import DType
 from kiln.ir.types import TensorType
 from kiln.passmanager.base import Pass, PassContext
 from kiln.passmanager.registry import register_pass
@@ -94,6 +97,80 @@ def _cast(node: Node, graph: Graph) -> Value | None:
         return x if node.attr("to") == int(x.dtype) else None
     like = node.input(1)
     return x if like is not None and like.dtype == x.dtype else None
+
+
+# Casts that lose nothing: every value of the first type survives the second.
+_LOSSLESS_WIDENING = {
+    DType.INT8: {DType.INT16, DType.INT32, DType.INT64, DType.FLOAT, DType.DOUBLE, DType.FLOAT16},
+    DType.UINT8: {DType.INT16, DType.UINT16, DType.INT32, DType.UINT32, DType.INT64, DType.UINT64,
+                  DType.FLOAT, DType.DOUBLE, DType.FLOAT16},
+    DType.INT16: {DType.INT32, DType.INT64, DType.FLOAT, DType.DOUBLE},
+    DType.UINT16: {DType.INT32, DType.UINT32, DType.INT64, DType.UINT64, DType.FLOAT, DType.DOUBLE},
+    DType.INT32: {DType.INT64, DType.DOUBLE},
+    DType.UINT32: {DType.INT64, DType.UINT64, DType.DOUBLE},
+    DType.FLOAT16: {DType.FLOAT, DType.DOUBLE},
+    DType.BFLOAT16: {DType.FLOAT, DType.DOUBLE},
+    DType.FLOAT: {DType.DOUBLE},
+    DType.BOOL: {DType.INT8, DType.UINT8, DType.INT16, DType.INT32, DType.INT64, DType.FLOAT, DType.DOUBLE},
+}
+
+
+def _holds_dims(value: Value) -> bool:
+    """Whether ``value`` holds tensor dims (from Shape/Size), which always fit in int32."""
+    producer = value.producer
+    return producer is not None and producer.domain == "" and producer.op in ("Shape", "Size")
+
+
+def _round_trip_cast(node: Node, graph: Graph) -> Value | None:
+    """Cast(Cast(x, T2), T1) with x of type T1 is x when T2 holds every value of x."""
+    inner = node.input(0)
+    if inner is None or inner.producer is None or not inner.producer.is_op("Cast"):
+        return None
+    x = inner.producer.input(0)
+    if x is None or x.dtype is None or inner.dtype is None or node.attr("to") != int(x.dtype):
+        return None
+    middle = inner.dtype
+    if middle in _LOSSLESS_WIDENING.get(x.dtype, ()):
+        return x
+    if x.dtype == DType.INT64 and middle == DType.INT32 and _holds_dims(x):
+        return x
+    return None
+
+
+_MOVEMENT_OPS = frozenset({"Slice", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten"})
+
+
+def _cast_through_movement(graph: Graph, node: Node) -> bool:
+    """Cast(M(Cast(x, T2)), T1) -> M(x) for a data-movement op M and x of type T1.
+
+    Exporters round-trip shape values through int32 around a Slice or Gather;
+    moving elements commutes with casting them, so the casts cancel whenever
+    the inner one loses nothing (see :func:`_round_trip_cast`).
+    """
+    moved = node.input(0)
+    mover = moved.producer if moved is not None else None
+    if mover is None or mover.domain != "" or mover.op not in _MOVEMENT_OPS or len(moved.uses) != 1:
+        return False
+    if graph.is_output(moved):
+        return False
+    inner = mover.input(0)
+    if inner is None or inner.producer is None or not inner.producer.is_op("Cast"):
+        return False
+    x = inner.producer.input(0)
+    if x is None or x.dtype is None or inner.dtype is None or node.attr("to") != int(x.dtype):
+        return False
+    if not (inner.dtype in _LOSSLESS_WIDENING.get(x.dtype, ()) or
+            (x.dtype == DType.INT64 and inner.dtype == DType.INT32 and _holds_dims(x))):
+        return False
+    out = node.outputs[0]
+    if not out.can_replace_all_uses_with(moved):
+        return False
+    mover.set_input(0, x)
+    if isinstance(moved.type, TensorType):
+        moved.type = moved.type.with_dtype(x.dtype)
+    out.replace_all_uses_with(moved)
+    graph.remove_node(node)
+    return True
 
 
 def _split(node: Node, graph: Graph) -> Value | None:
@@ -190,6 +267,8 @@ def _rule_for(node: Node) -> list[Rule]:
     rules = []
     if node.op in NOOP_RULES:
         rules.append(NOOP_RULES[node.op])
+    if node.op == "Cast":
+        rules.append(_round_trip_cast)
     if node.op in SQUEEZE_RULES:
         rules.append(SQUEEZE_RULES[node.op])
         rules.append(_same_type_passthrough)
@@ -266,6 +345,9 @@ def remove_noops(graph: Graph) -> int:
                 removed += 1
                 if node.graph is not g:
                     continue
+            if node.is_op("Cast") and _cast_through_movement(g, node):
+                removed += 1
+                continue
             if node.is_op("Reshape") and _collapse_reshapes(g, node):
                 removed += 1
             if node.is_op("Slice") and not _slice_is_full(node):

@@ -6,6 +6,8 @@ at compile time.  This pass replaces by constants:
 
 - ``Shape`` (with ``start``/``end``) of a value whose dims in that range are
   static, and ``Size`` of a value with a static shape;
+- ``Slice`` of a ``Shape`` by a ``Shape`` with ``start``/``end`` (one node
+  instead of two);
 - any integer tensor whose value inference has worked out entirely
   (``value.meta["sym_value"]``, set by ``kiln.ops.inference`` when it
   propagates dims through Gather, Slice, Concat, arithmetic and casts).
@@ -23,6 +25,7 @@ import numpy as np
 
 from kiln.ir.core import Graph, Node, Value
 from kiln.ir.types import TensorType
+from kiln.ops.inference import infer_graph
 from kiln.passmanager.base import Pass, PassContext
 from kiln.passmanager.registry import register_pass
 
@@ -72,11 +75,55 @@ def _known_value(value: Value) -> np.ndarray | None:
     return None
 
 
+def _slice_of_shape(graph: Graph, node: Node) -> bool:
+    """Slice(Shape(x), [a], [b]) -> Shape(x, start=a, end=b) (opset 15+, step 1, axis 0)."""
+    if not node.is_op("Slice") or (node.version or 0) < 10:
+        return False
+    data = node.input(0)
+    shape_node = data.producer if data is not None else None
+    if shape_node is None or not shape_node.is_op("Shape") or (shape_node.version or 0) < 15:
+        return False
+    if shape_node.attrs or data is None or data.shape is None:
+        return False
+    consts = [node.input(i) for i in range(1, 5)]
+    values = [None if c is None else (c.const.numpy().reshape(-1) if c.const is not None else False) for c in consts]
+    starts, ends, axes, steps = values
+    if starts is None or ends is None or starts is False or ends is False or axes is False or steps is False:
+        return False
+    if len(starts) != 1 or (axes is not None and int(axes[0]) not in (0, -1)) or (steps is not None and int(steps[0]) != 1):
+        return False
+    rank = data.shape[0]
+    if not isinstance(rank, int):
+        return False
+    start, end = int(starts[0]), int(ends[0])
+    start = max(0, min(rank, start + rank if start < 0 else start))
+    end = max(0, min(rank, end + rank if end < 0 else end))
+    x = shape_node.input(0)
+    with graph.inserting_before(node):
+        new = graph.create_node(
+            "Shape", [x], {"start": start, "end": end}, version=shape_node.version,
+            output_types=[node.outputs[0].type], loc=node.loc,
+        )
+    out = node.outputs[0]
+    if not out.can_replace_all_uses_with(new.outputs[0]):
+        graph.remove_node(new)
+        return False
+    out.replace_all_uses_with(new.outputs[0])
+    graph.remove_node(node)
+    return True
+
+
 def fold_shapes(graph: Graph) -> int:
+    # Value inference records the dims that integer tensors are known to hold
+    # (meta["sym_value"]); refresh it, since earlier passes changed the graph.
+    infer_graph(graph)
     folded = 0
     for g in list(graph.all_graphs()):
         for node in g:
             if node.graph is not g or node.subgraphs():
+                continue
+            if _slice_of_shape(g, node):
+                folded += 1
                 continue
             if all(v is None or v.const is not None for v in node.inputs) and node.op not in ("Shape", "Size"):
                 continue  # plain constant folding handles these

@@ -1,0 +1,252 @@
+"""Types for a loaded model: ONNX's own shape inference, run on a light copy.
+
+``onnx.shape_inference.infer_shapes`` (C++) is fast, but it serializes the
+whole model, weights included.  It runs here on a *skeleton*: the same graph
+and functions with every large or external initializer and every large
+``Constant`` turned into a typed graph input, so a multi-gigabyte model costs
+what its graph costs.  Small tensors stay, so ``data_prop`` still follows
+shape computations (Shape -> Gather -> Concat -> Reshape).
+
+Types are collected per graph *path*: ``()`` for the main graph and
+``path + (node_index, attribute, k)`` for a subgraph, where ``node_index`` is
+the node's position in its ONNX graph.  Nested graphs are walked with a
+stack, not recursion.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Mapping, Sequence
+
+import onnx
+import onnx.shape_inference
+
+from kiln.ir.types import Dim
+
+logger = logging.getLogger(__name__)
+
+Path = tuple
+TypeTable = dict[Path, dict[str, onnx.TypeProto]]
+
+SMALL_TENSOR_BYTES = 1 << 16
+"""Tensors up to this size stay in the skeleton, so data propagation can read them."""
+
+
+def _declared_nbytes(dims: Sequence[int], data_type: int) -> int:
+    count = math.prod(max(int(d), 0) for d in dims)
+    try:
+        bits = onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8 if data_type != onnx.TensorProto.STRING else 64
+    except Exception:  # noqa: BLE001 - unknown dtype: treat as large
+        return 1 << 62
+    return count * bits // 8
+
+
+def _tensor_value_info(name: str, data_type: int, dims: Sequence[int]) -> onnx.ValueInfoProto:
+    vi = onnx.ValueInfoProto()
+    vi.name = name
+    tt = vi.type.tensor_type
+    tt.elem_type = data_type
+    tt.shape.SetInParent()
+    for d in dims:
+        tt.shape.dim.add().dim_value = int(d)
+    return vi
+
+
+def _big_constant_type(node: onnx.NodeProto) -> onnx.ValueInfoProto | None:
+    """For a Constant node holding a large tensor: the typed input that replaces it."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    for a in node.attribute:
+        if a.name == "value" and a.HasField("t"):
+            t = a.t
+            if t.data_location == onnx.TensorProto.EXTERNAL or _declared_nbytes(t.dims, t.data_type) > SMALL_TENSOR_BYTES:
+                return _tensor_value_info(node.output[0], t.data_type, t.dims)
+        if a.name == "sparse_value" and a.HasField("sparse_tensor"):
+            s = a.sparse_tensor
+            return _tensor_value_info(node.output[0], s.values.data_type, s.dims)
+    return None
+
+
+def _override_dims(vi: onnx.ValueInfoProto, dims: Sequence[Dim]) -> onnx.ValueInfoProto:
+    new = onnx.ValueInfoProto()
+    new.CopyFrom(vi)
+    shape = new.type.tensor_type.shape
+    shape.SetInParent()
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif isinstance(d, str):
+            dim.dim_param = d
+    return new
+
+
+def _strip_shape(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    new = onnx.ValueInfoProto()
+    new.CopyFrom(vi)
+    if new.type.HasField("tensor_type"):
+        new.type.tensor_type.ClearField("shape")
+    return new
+
+
+def build_skeleton(model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]]) -> tuple[onnx.ModelProto, list[int]]:
+    """The light copy of ``model`` that inference runs on, and its node index map.
+
+    ``index_map[j]`` is the position in ``model.graph.node`` of the skeleton's
+    node ``j`` (large Constants are left out).  With ``overrides`` the
+    model's own intermediate shapes are dropped, since they may no longer hold.
+    """
+    src = model.graph
+    sk = onnx.ModelProto()
+    sk.ir_version = max(4, min(int(model.ir_version), int(onnx.IR_VERSION)))
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    g = sk.graph
+    g.name = src.name
+    input_names = set()
+    for vi in src.input:
+        input_names.add(vi.name)
+        g.input.append(_override_dims(vi, overrides[vi.name]) if vi.name in overrides else vi)
+    for t in src.initializer:
+        small = (
+            t.data_location != onnx.TensorProto.EXTERNAL
+            and not t.HasField("segment")
+            and _declared_nbytes(t.dims, t.data_type) <= SMALL_TENSOR_BYTES
+        )
+        if small:
+            g.initializer.append(t)
+        elif t.name not in input_names:
+            g.input.append(_tensor_value_info(t.name, t.data_type, t.dims))
+            input_names.add(t.name)
+    for s in src.sparse_initializer:
+        if s.values.name not in input_names:
+            g.input.append(_tensor_value_info(s.values.name, s.values.data_type, s.dims))
+            input_names.add(s.values.name)
+    index_map: list[int] = []
+    for j, node in enumerate(src.node):
+        replacement = _big_constant_type(node)
+        if replacement is not None:
+            g.input.append(replacement)
+            continue
+        g.node.append(node)
+        index_map.append(j)
+    if overrides:
+        g.output.extend(_strip_shape(vi) for vi in src.output)
+    else:
+        g.value_info.extend(src.value_info)
+        g.output.extend(src.output)
+    return sk, index_map
+
+
+def collect_types(graph: onnx.GraphProto, index_map: Sequence[int] | None = None) -> TypeTable:
+    """Every typed name of ``graph`` and its subgraphs, by graph path (iterative)."""
+    table: TypeTable = {}
+    stack: list[tuple[onnx.GraphProto, Path, Sequence[int] | None]] = [(graph, (), index_map)]
+    while stack:
+        g, path, imap = stack.pop()
+        names = table.setdefault(path, {})
+        for group in (g.input, g.value_info, g.output):
+            for vi in group:
+                names[vi.name] = vi.type
+        for j, node in enumerate(g.node):
+            index = imap[j] if imap is not None else j
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    stack.append((a.g, path + (index, a.name, 0), None))
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for k, sub in enumerate(a.graphs):
+                        stack.append((sub, path + (index, a.name, k), None))
+    return table
+
+
+def _needs_skeleton(model: onnx.ModelProto) -> bool:
+    """Whether the model holds tensors too large (or external) to hand to inference as they are."""
+    src = model.graph
+    if len(src.sparse_initializer):
+        return True
+    for t in src.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or _declared_nbytes(t.dims, t.data_type) > SMALL_TENSOR_BYTES:
+            return True
+    for node in src.node:
+        if node.op_type == "Constant" and _big_constant_type(node) is not None:
+            return True
+    return False
+
+
+_ERROR_SITE = re.compile(r"\(op_type:([^,)]*)(?:, node name: ([^)]*))?\):\s*(.*)")
+
+
+def _type_error(text: str) -> tuple[str, str, str] | None:
+    """``(op_type, node name, message)`` of the first *type* error in ONNX's strict-mode report.
+
+    Shape disagreements are not fatal (onnxruntime only warns about them);
+    element-type errors are, since no runtime would accept the model.
+    """
+    for line in text.splitlines():
+        m = _ERROR_SITE.search(line)
+        if m is None:
+            continue
+        message = m.group(3).strip()
+        if "TypeInferenceError" in message or "inconsistent type" in message or "Type Error" in message:
+            message = re.sub(r"\[\w+\]\s*", "", message).strip()
+            return m.group(1).strip(), (m.group(2) or "").strip(), message
+    return None
+
+
+def _prepare(model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]]) -> tuple[onnx.ModelProto, list[int] | None]:
+    if _needs_skeleton(model):
+        return build_skeleton(model, overrides)
+    skeleton = model
+    if overrides or model.ir_version < 4 or model.ir_version > onnx.IR_VERSION:
+        skeleton = onnx.ModelProto()
+        skeleton.CopyFrom(model)
+        skeleton.ir_version = max(4, min(int(model.ir_version), int(onnx.IR_VERSION)))
+        g = skeleton.graph
+        if overrides:
+            for k, vi in enumerate(g.input):
+                if vi.name in overrides:
+                    g.input[k].CopyFrom(_override_dims(vi, overrides[vi.name]))
+            del g.value_info[:]
+            for vi in g.output:
+                if vi.type.HasField("tensor_type"):
+                    vi.type.tensor_type.ClearField("shape")
+    return skeleton, None
+
+
+def infer_types(
+    model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]]
+) -> tuple[TypeTable | None, tuple[str, str, str] | None]:
+    """Runs ONNX shape inference (with data propagation) on the skeleton.
+
+    Returns the type table (``None`` when inference failed) and the first
+    element-type error ONNX found, as ``(op_type, node name, message)``.
+    Inference runs in strict mode first, so a type error is noticed; when
+    strict mode stops on anything else, it runs again leniently for types.
+    A model without large tensors is handed over as it is (or as a plain
+    copy when input shapes are overridden), which saves copying every node.
+    """
+    try:
+        skeleton, index_map = _prepare(model, overrides)
+    except Exception as exc:  # noqa: BLE001 - a malformed header: kiln's own inference takes over
+        logger.info("cannot prepare the model for ONNX shape inference: %s", _last_line(exc))
+        return None, None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as strict_exc:  # noqa: BLE001
+        found = _type_error(str(strict_exc))
+        if found is not None:
+            return None, found
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False, data_prop=True)
+        except Exception as exc:  # noqa: BLE001 - inference is best effort; kiln's own inference takes over
+            logger.info("ONNX shape inference failed (%s); using kiln's per-node inference", _last_line(exc))
+            return None, None
+    return collect_types(inferred.graph, index_map), None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__

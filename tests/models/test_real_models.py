@@ -1,0 +1,95 @@
+"""O2 on real models: the output matches onnxruntime on the original, and is smaller.
+
+Models come from tests/zoo.py: the trained PP-OCR models inside
+rapidocr-onnxruntime, the light model-zoo graphs inside the onnx package, and
+timm exports (random weights; TorchScript and dynamo exporters) where torch
+and timm are installed.  For each: O2 output within 1e-4 relative of the
+original on onnxruntime, no more nodes than onnxslim's output of the same
+model, and the text IR is a print -> parse -> print fixed point.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import kiln
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import zoo  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MODELS = (
+    zoo.list_models("ppocr")
+    + zoo.list_models("light")
+    + [m for m in zoo.list_models("timm") if m.endswith("_ts") or m.endswith("_dynamo")]
+)
+
+def _need(name: str) -> Path:
+    ok, why = zoo.available(name)
+    if not ok:
+        pytest.skip(f"{name} not available here: {why}")
+    return zoo.get_model(name)
+
+
+def _session(model) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    data = model if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(str(data) if isinstance(data, Path) else data, options, providers=["CPUExecutionProvider"])
+
+
+def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
+    scale = float(np.max(np.abs(a))) or 1.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale
+
+
+@pytest.fixture(scope="module")
+def onnxslim_counts() -> dict[str, int]:
+    return {}
+
+
+def _onnxslim_nodes(path: Path, cache: dict[str, int]) -> int:
+    key = str(path)
+    if key not in cache:
+        onnxslim = pytest.importorskip("onnxslim")
+        cache[key] = len(onnxslim.slim(str(path)).graph.node)
+    return cache[key]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_o2_matches_onnxruntime_and_beats_onnxslim(name: str, onnxslim_counts: dict[str, int]) -> None:
+    path = _need(name)
+    graph = kiln.load(path)
+    nodes_in = len(graph)
+    kiln.optimize(graph, level=2)
+    optimized = kiln.to_onnx(graph)
+
+    original = _session(path)
+    feeds = zoo.example_inputs(name)
+    expected = original.run(None, feeds)
+    got = _session(optimized).run(None, feeds)
+    for i, (e, g) in enumerate(zip(expected, got)):
+        assert e.shape == g.shape, f"output {i}: shape {g.shape} != {e.shape}"
+        assert _max_rel(e, g) <= 1e-4, f"output {i}: max rel error {_max_rel(e, g):.3g}"
+
+    slim = _onnxslim_nodes(path, onnxslim_counts)
+    print(f"\n{name}: nodes {nodes_in} -> {len(graph)} (onnxslim {slim})")
+    assert len(graph) <= slim, f"kiln O2 leaves {len(graph)} nodes, onnxslim {slim}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_text_ir_round_trips(name: str) -> None:
+    path = _need(name)
+    graph = kiln.load(path)
+    text = kiln.ir.print_ir(graph)
+    again = kiln.ir.print_ir(kiln.ir.parse_ir(text))
+    assert again == text
+    kiln.optimize(graph, level=2)
+    text = kiln.ir.print_ir(graph)
+    assert kiln.ir.print_ir(kiln.ir.parse_ir(text)) == text
