@@ -27,16 +27,17 @@ Output is deterministic: the same graph gives the same ``ModelProto``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
-
 from kiln.errors import ExportError
 from kiln.frontend.convert import is_packed, packed_nbytes, type_to_proto
 from kiln.ir.core import KILN_DOMAIN, Attr, AttrKind, Graph, Node, Value
 from kiln.ir.dtypes import DType
+from kiln.ir.gcpause import paused_gc
 from kiln.ir.tensor import Tensor
 from kiln.ir.types import OptionalType, SequenceType, TensorType, Type
 from kiln.ops.registry import KILN_OPSET_VERSION, lookup, newest_onnx_opset
@@ -99,7 +100,7 @@ def pack_bits(array: np.ndarray, dtype: DType) -> np.ndarray:
     return out
 
 
-def tensor_bytes(tensor: Tensor) -> "bytes | memoryview":
+def tensor_bytes(tensor: Tensor) -> bytes | memoryview:
     """The tensor's data in ONNX's ``raw_data`` layout (little-endian, sub-byte types packed)."""
     dtype = tensor.dtype
     arr = np.asarray(tensor.numpy())
@@ -122,12 +123,12 @@ def tensor_bytes(tensor: Tensor) -> "bytes | memoryview":
     if isinstance(base, bytes) and arr.flags.c_contiguous and arr.nbytes == len(base):
         return base  # viewed from a file's raw_data: no copy
     if arr.flags.c_contiguous and arr.size:
-        return memoryview(arr.reshape(-1).view(np.uint8))  # no copy; writers take buffers
+        return arr.reshape(-1).view(np.uint8).data  # a memoryview: no copy; writers take buffers
     return np.ascontiguousarray(arr).tobytes()
 
 
 def tensor_to_proto(
-    tensor: "Tensor | np.ndarray",
+    tensor: Tensor | np.ndarray,
     name: str = "",
     *,
     sink: TensorSink | None = None,
@@ -172,7 +173,7 @@ def attr_to_proto(name: str, attr: Attr, *, graph_fn: GraphToProto | None = None
         k, value = AttrKind.FLOAT, float(value)
     elif kind == AttrKind.FLOATS and k == AttrKind.INTS:
         k, value = AttrKind.FLOATS, tuple(float(v) for v in value)
-    a.type = int(k)
+    a.type = int(k)  # type: ignore[assignment]
     K = AttrKind
     if k == K.FLOAT:
         a.f = float(value)
@@ -192,7 +193,7 @@ def attr_to_proto(name: str, attr: Attr, *, graph_fn: GraphToProto | None = None
         a.tensors.extend(tensor_to_proto(t) for t in value)
     elif k in (K.GRAPH, K.GRAPHS):
         if graph_fn is None:
-            graph_fn = lambda g: _Exporter(g.root).graph_to_proto(g)  # noqa: E731
+            graph_fn = lambda g: _Exporter(g.root).graph_to_proto(g)
         if k == K.GRAPH:
             a.g.CopyFrom(graph_fn(value))
         else:
@@ -269,7 +270,8 @@ def to_onnx(graph: Graph, *, kiln_ops: str = "functions") -> onnx.ModelProto:
     Raises:
         ExportError: a kiln op without decomposition, or a graph ONNX cannot hold.
     """
-    return _Exporter(graph, kiln_ops=kiln_ops).model()
+    with paused_gc():
+        return _Exporter(graph, kiln_ops=kiln_ops).model()
 
 
 @dataclass
@@ -394,7 +396,7 @@ class _Exporter:
             return tensor_to_proto(tensor, name, sink=self.sink, out=out)
         except ExportError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a lazy tensor that cannot be read
+        except Exception as exc:
             raise ExportError(f"constant {name!r} cannot be written: {exc}") from exc
 
     # ---- model
@@ -405,7 +407,7 @@ class _Exporter:
         self.graph_to_proto(g, target=m.graph)
         info = g.model
         opsets = self._opsets()
-        ir = info.ir_version if info.ir_version >= 4 else 4
+        ir = max(info.ir_version, 4)
         ir = max(ir, self.min_ir)
         try:
             ids = [onnx.helper.make_opsetid(d, v) for d, v in opsets.items() if d != KILN_DOMAIN]
@@ -581,7 +583,7 @@ class _Exporter:
             result = schema.decompose(builder, clone)
         except ExportError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a failing decomposition is reported for its node
+        except Exception as exc:
             raise ExportError(f"decomposition of {node.op_id} failed: {type(exc).__name__}: {exc}", node=node) from exc
         outs = [result] if isinstance(result, Value) else list(result)
         if len(outs) != len(node.outputs):

@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import onnx
-
 from kiln.errors import ExportError
 from kiln.exporter.convert import _Exporter, tensor_bytes
 from kiln.ir.core import Graph
@@ -102,7 +101,7 @@ def _remove(path: str | None) -> None:
 
 def save(
     graph: Graph,
-    path: "str | os.PathLike[str]",
+    path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
     size_threshold: int = 1024,

@@ -23,11 +23,10 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
-
 from kiln.ir.core import Attr, AttrKind, Graph
 from kiln.ir.dtypes import DType
 from kiln.ir.tensor import ExternalLocation, Tensor, safe_external_path
@@ -211,7 +210,7 @@ def is_packed(dtype: DType) -> bool:
 # --------------------------------------------------------------------------- tensors
 
 
-def _shape_of(dims: "list[int] | tuple[int, ...]", what: str) -> tuple[int, ...]:
+def _shape_of(dims: list[int] | tuple[int, ...], what: str) -> tuple[int, ...]:
     shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
         raise TensorDataError(f"{what} has a negative dim in {list(shape)}")
@@ -243,7 +242,7 @@ def _typed_array(proto: onnx.TensorProto, dtype: DType, shape: tuple[int, ...], 
     count = math.prod(shape)
     D = DType
 
-    def field(values: "object", expected: int, name: str, np_dtype: type) -> np.ndarray:
+    def field(values: object, expected: int, name: str, np_dtype: type) -> np.ndarray:
         n = len(values)  # type: ignore[arg-type]
         if n != expected:
             raise TensorDataError(f"{what} declares {count} elements of {dtype.name} but {name} holds {n} values")

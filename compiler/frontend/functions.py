@@ -20,10 +20,10 @@ Per call:
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import onnx
-
 from kiln.ir.core import canonical_domain
 
 FunctionKey = tuple[str, str, str]
@@ -37,13 +37,13 @@ class Item(NamedTuple):
     """One node after expansion.
 
     ``call`` is the outermost call node the node was inlined from (``None``
-    for a node of the graph itself), ``index`` the position of that node (or
+    for a node of the graph itself), ``pos`` the position of that node (or
     of the call) in the graph, ``chain`` the functions being expanded.
     """
 
     proto: onnx.NodeProto
     call: onnx.NodeProto | None
-    index: int
+    pos: int
     chain: tuple[FunctionKey, ...]
 
 
@@ -223,7 +223,7 @@ class FunctionInliner:
             call = item.call if item.call is not None else item.proto
             new_chain = item.chain + (key,)
             for b in reversed(body):
-                stack.append(Item(b, call, item.index, new_chain))
+                stack.append(Item(b, call, item.pos, new_chain))
         return out
 
     def _instantiate(self, f: onnx.FunctionProto, call: onnx.NodeProto) -> list[onnx.NodeProto]:

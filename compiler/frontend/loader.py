@@ -29,11 +29,11 @@ import gc
 import heapq
 import logging
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
-
 from kiln.errors import ModelLoadError
 from kiln.frontend.convert import (
     TensorDataError,
@@ -67,7 +67,7 @@ MAX_SUBGRAPH_DEPTH = 64
 
 
 def load(
-    path_or_model: "str | os.PathLike[str] | onnx.ModelProto",
+    path_or_model: str | os.PathLike[str] | onnx.ModelProto,
     *,
     input_shapes: Mapping[str, Sequence[int | str | None]] | None = None,
     infer: bool = True,
@@ -200,6 +200,7 @@ class _Loader:
         self.records: list[tuple[Value, tuple | None, str]] = []
         self.overrides: dict[str, tuple[Dim, ...]] = {}
         self._known_ops: set[tuple[str, str, int | None]] = set()
+        self.root_order: list[int] | None = None
 
     # ---- errors
 
@@ -329,6 +330,8 @@ class _Loader:
         ins = [list(item.proto.input) for item in items]
         outs = [list(item.proto.output) for item in items]
         order = self._order(items, ins, outs, local, scopes, context)
+        if depth == 0 and not isinstance(order, range):
+            self.root_order = list(dict.fromkeys(items[k].pos for k in order))
         for k in order:
             self._convert_node(items[k], ins[k], outs[k], kg, local, scopes, path, context, depth)
         for vi in gp.output:
@@ -369,13 +372,13 @@ class _Loader:
                     continue
                 if name in producer:
                     j = producer[name]
-                    first = _node_text(items[j].proto, items[j].index, "")
+                    first = _node_text(items[j].proto, items[j].pos, "")
                     raise self.error(
-                        f"{_node_text(items[k].proto, items[k].index, context)}: output {name!r} is also produced by {first}"
+                        f"{_node_text(items[k].proto, items[k].pos, context)}: output {name!r} is also produced by {first}"
                     )
                 if name in local:
                     raise self.error(
-                        f"{_node_text(items[k].proto, items[k].index, context)}: output {name!r} is also a graph "
+                        f"{_node_text(items[k].proto, items[k].pos, context)}: output {name!r} is also a graph "
                         "input or initializer"
                     )
                 producer[name] = k
@@ -398,14 +401,14 @@ class _Loader:
             for name in names:
                 if not name:
                     continue
-                j = get(name)
-                if j is None:
+                at = get(name)
+                if at is None:
                     if name not in local and _resolve(name, scopes) is None:
                         raise self.error(
-                            f"{_node_text(proto, item.index, context)}: input {name!r} is not produced by any node, "
+                            f"{_node_text(proto, item.pos, context)}: input {name!r} is not produced by any node, "
                             "graph input or initializer"
                         )
-                elif j >= k:
+                elif at >= k:
                     in_order = False
         if in_order:
             return range(len(items))
@@ -448,7 +451,7 @@ class _Loader:
         first = min(cycle)
         names = " <- ".join(repr(items[c].proto.name or items[c].proto.output[0]) for c in cycle[:6])
         more = " ..." if len(cycle) > 6 else ""
-        raise self.error(f"{_node_text(items[first].proto, items[first].index, context)}: is part of a cycle ({names}{more})")
+        raise self.error(f"{_node_text(items[first].proto, items[first].pos, context)}: is part of a cycle ({names}{more})")
 
     # ---- nodes
 
@@ -475,10 +478,10 @@ class _Loader:
             key = (domain, op, version)
             if key not in self._known_ops:
                 if domain == "" and version is None:
-                    raise self.error(f"{_node_text(proto, item.index, context)}: the model imports no default-domain opset")
+                    raise self.error(f"{_node_text(proto, item.pos, context)}: the model imports no default-domain opset")
                 if lookup(domain, op, version) is None:
                     what = f"opset {version}" if domain == "" else "the kiln dialect"
-                    raise self.error(f"{_node_text(proto, item.index, context)}: unknown op {op!r} (not in {what})")
+                    raise self.error(f"{_node_text(proto, item.pos, context)}: unknown op {op!r} (not in {what})")
                 self._known_ops.add(key)
             if op == "Constant" and domain == "":
                 self._convert_constant(item, kg, local, context)
@@ -494,19 +497,19 @@ class _Loader:
             inputs.append(v)
         call = item.call
         node_name = proto.name
-        loc = Location(self.loc_file, item.index, (call.name if call is not None else node_name) or None)
+        loc = Location(self.loc_file, item.pos, (call.name if call is not None else node_name) or None)
         attrs: dict[str, Attr] = {}
         if len(proto.attribute):
             for a in proto.attribute:
                 if a.name in attrs:
-                    raise self.error(f"{_node_text(proto, item.index, context)}: attribute {a.name!r} is given twice")
+                    raise self.error(f"{_node_text(proto, item.pos, context)}: attribute {a.name!r} is given twice")
                 try:
                     if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                         attrs[a.name] = self._convert_graph_attr(item, a, kg, local, scopes, path, context, depth)
                     else:
                         attrs[a.name] = attr_from_proto(a, model_dir=self.model_dir, what=f"attribute {a.name!r}")
                 except TensorDataError as exc:
-                    raise self.error(f"{_node_text(proto, item.index, context)}: {exc}") from None
+                    raise self.error(f"{_node_text(proto, item.pos, context)}: {exc}") from None
         while out_names and not out_names[-1]:
             out_names.pop()
         outputs: list[Value] = []
@@ -539,10 +542,10 @@ class _Loader:
     ) -> Attr:
         graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
         subs: list[Graph] = []
-        owner = _node_text(item.proto, item.index, "")
+        owner = _node_text(item.proto, item.pos, "")
         for k, gp in enumerate(graphs):
             sub = kg.new_subgraph(gp.name or a.name)
-            sub_path = path + (item.index, a.name, k) if (path is not None and item.call is None) else None
+            sub_path = path + (item.pos, a.name, k) if (path is not None and item.call is None) else None
             sub_context = f" in {a.name!r} of {owner}{context}"
             self._convert_graph(gp, sub, [local, *scopes], sub_path, sub_context, item.chain, depth + 1)
             subs.append(sub)
@@ -552,7 +555,7 @@ class _Loader:
 
     def _convert_constant(self, item: Item, kg: Graph, local: dict[str, Value], context: str) -> None:
         proto = item.proto
-        where = _node_text(proto, item.index, context)
+        where = _node_text(proto, item.pos, context)
         if len(proto.output) != 1 or not proto.output[0]:
             raise self.error(f"{where}: a Constant must have exactly one output")
         if len(proto.attribute) != 1:
@@ -570,7 +573,7 @@ class _Loader:
     def _assign_types(self, graph: Graph, infer: bool) -> None:
         table: TypeTable | None = None
         if infer:
-            table, type_error = infer_types(self.model, self.overrides)
+            table, type_error = infer_types(self.model, self.overrides, self.root_order)
             if type_error is not None:
                 raise self._type_error(graph, *type_error)
         stripped = False
@@ -652,7 +655,6 @@ def _onnx_type_check(node: Node, label: str | None) -> None:
         return
     import onnx.defs
     import onnx.shape_inference
-
     from kiln.exporter.convert import node_to_proto
     from kiln.frontend.convert import type_to_proto
 
@@ -733,10 +735,9 @@ def _constant_tensor(a: onnx.AttributeProto, model_dir: str | None) -> Tensor:
         arr = np.empty(len(items), dtype=object)
         for i, s in enumerate(items):
             arr[i] = s.decode("utf-8", "surrogateescape")
-        if name == "value_string":
-            arr = arr.reshape(())
-        return Tensor(DType.STRING, arr.shape, array=arr)
+        data = arr.reshape(()) if name == "value_string" else arr
+        return Tensor(DType.STRING, data.shape, array=data)
     raise TensorDataError(f"unknown Constant attribute {name!r}")
 
 
-__all__ = ["load", "MIN_OPSET"]
+__all__ = ["MIN_OPSET", "load"]

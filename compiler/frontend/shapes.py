@@ -18,11 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import onnx
 import onnx.shape_inference
-
 from kiln.ir.types import Dim
 
 logger = logging.getLogger(__name__)
@@ -92,11 +91,14 @@ def _strip_shape(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     return new
 
 
-def build_skeleton(model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]]) -> tuple[onnx.ModelProto, list[int]]:
+def build_skeleton(
+    model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]], order: Sequence[int] | None = None
+) -> tuple[onnx.ModelProto, list[int]]:
     """The light copy of ``model`` that inference runs on, and its node index map.
 
     ``index_map[j]`` is the position in ``model.graph.node`` of the skeleton's
-    node ``j`` (large Constants are left out).  With ``overrides`` the
+    node ``j`` (large Constants are left out; ``order``, when given, is the
+    topological order to write the nodes in).  With ``overrides`` the
     model's own intermediate shapes are dropped, since they may no longer hold.
     """
     src = model.graph
@@ -126,7 +128,9 @@ def build_skeleton(model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]
             g.input.append(_tensor_value_info(s.values.name, s.values.data_type, s.dims))
             input_names.add(s.values.name)
     index_map: list[int] = []
-    for j, node in enumerate(src.node):
+    nodes = src.node
+    for j in order if order is not None else range(len(nodes)):
+        node = nodes[j]
         replacement = _big_constant_type(node)
         if replacement is not None:
             g.input.append(replacement)
@@ -190,15 +194,19 @@ def _type_error(text: str) -> tuple[str, str, str] | None:
         if m is None:
             continue
         message = m.group(3).strip()
+        if "expected to have type but instead is null" in message:
+            continue  # missing information, not a contradiction
         if "TypeInferenceError" in message or "inconsistent type" in message or "Type Error" in message:
             message = re.sub(r"\[\w+\]\s*", "", message).strip()
             return m.group(1).strip(), (m.group(2) or "").strip(), message
     return None
 
 
-def _prepare(model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]]) -> tuple[onnx.ModelProto, list[int] | None]:
-    if _needs_skeleton(model):
-        return build_skeleton(model, overrides)
+def _prepare(
+    model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]], order: Sequence[int] | None
+) -> tuple[onnx.ModelProto, list[int] | None]:
+    if order is not None or _needs_skeleton(model):
+        return build_skeleton(model, overrides, order)
     skeleton = model
     if overrides or model.ir_version < 4 or model.ir_version > onnx.IR_VERSION:
         skeleton = onnx.ModelProto()
@@ -217,7 +225,7 @@ def _prepare(model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]]) -> 
 
 
 def infer_types(
-    model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]]
+    model: onnx.ModelProto, overrides: Mapping[str, Sequence[Dim]], order: Sequence[int] | None = None
 ) -> tuple[TypeTable | None, tuple[str, str, str] | None]:
     """Runs ONNX shape inference (with data propagation) on the skeleton.
 
@@ -227,9 +235,10 @@ def infer_types(
     strict mode stops on anything else, it runs again leniently for types.
     A model without large tensors is handed over as it is (or as a plain
     copy when input shapes are overridden), which saves copying every node.
+    ``order``: the main graph's topological order, when the file's is not one.
     """
     try:
-        skeleton, index_map = _prepare(model, overrides)
+        skeleton, index_map = _prepare(model, overrides, order)
     except Exception as exc:  # noqa: BLE001 - a malformed header: kiln's own inference takes over
         logger.info("cannot prepare the model for ONNX shape inference: %s", _last_line(exc))
         return None, None

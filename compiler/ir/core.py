@@ -756,6 +756,22 @@ class Graph:
         )
         return self.insert_node(node, before)
 
+    def adopt_node(self, node: Node, before: Node) -> None:
+        """Moves ``node`` from a graph nested in this one to just before ``before``.
+
+        Names stay as they are (relatives share one name authority); used to
+        inline an If branch or a Loop body that runs once.
+        """
+        source = node.graph
+        if source is None or source._names is not self._names:
+            raise ValueError(f"{node!r} does not belong to a graph related to this one")
+        source._unlink(node)
+        node.graph = self
+        self._link_before(node, before)
+        self._len += 1
+        for out in node.outputs:
+            out.graph = self
+
     def move_before(self, node: Node, anchor: Node) -> None:
         """Moves ``node`` (already in this graph) to just before ``anchor``."""
         self._unlink(node)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from kiln.ir.gcpause import paused_gc
 from kiln.errors import KilnError, PassFailure, PipelineError, VerificationError
 from kiln.ir.core import Graph
 from kiln.passmanager.base import Pass, PassContext
@@ -240,7 +242,8 @@ class PassManager:
         logger.debug("running pipeline %s", pipeline)
         for inst in self.instruments:
             inst.before_pipeline(graph, state)
-        self._run_steps(pipeline.steps, state)
+        with paused_gc():
+            self._run_steps(pipeline.steps, state)
         report = PassReport(
             pipeline=str(pipeline),
             records=state.records,

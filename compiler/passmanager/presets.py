@@ -6,7 +6,11 @@ A preset naming a pass that is not (yet) registered fails with a clear error
 when it is run, and the other presets are unaffected.
 
 Later issues add to ``O2`` (fusion, layout) by editing :data:`PRESETS`;
-``O3`` builds on ``O2``.
+``O3`` builds on ``O2``.  ``O2`` runs only the fusions that are exact (up to
+the rounding of folded weights) and never add nodes -- ``fuse-bn``,
+``fuse-bias``, ``fuse-pad``; activation fusion (``fuse-act``, which creates
+``kiln.ConvAct``/``kiln.GemmAct``) belongs to the targets' legalization
+pipelines, not to the ONNX presets.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ PRESETS: dict[str, tuple[str, str]] = {
     "O0": ("", "No optimization."),
     "O1": ("remove-noops,fold-shapes,fold,dce", "One round of cleanup and constant folding."),
     "O2": (
-        "repeat{max=4}(remove-noops,fold-shapes,fold,cse,dce)",
-        "Cleanup, folding and common subexpressions to a fixed point.",
+        "repeat{max=4}(remove-noops,fold-shapes,fold,fuse-bn,fuse-bias,fuse-pad,cse,dce)",
+        "Cleanup, folding, exact layer fusions (BatchNorm, bias, Pad) and common subexpressions to a fixed point.",
     ),
     "O3": ("O2", "Everything in O2 (more aggressive passes land here)."),
 }

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from kiln.ir.core import Graph
 from kiln.passmanager.base import Pass, PassContext
 from kiln.rewrite.driver import DEFAULT_MAX_REWRITES_PER_NODE, GreedyRewriteDriver
-
-if TYPE_CHECKING:
-    from kiln.rewrite.rule import RuleSet
+from kiln.rewrite.rule import RuleSet
 
 
 @dataclass(frozen=True)

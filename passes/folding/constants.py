@@ -34,6 +34,9 @@ from kiln.passmanager.registry import register_pass
 
 logger = logging.getLogger(__name__)
 
+FOLDABLE_DOMAINS = frozenset({"", "ai.onnx.ml", "ai.onnx.preview.training"})
+"""Domains whose ops kiln's references implement per the ONNX spec."""
+
 DEFAULT_FOLD_LIMIT = 1 << 30  # 1 GiB, as PassContext.fold_limit
 
 
@@ -53,7 +56,7 @@ def _input_nbytes(node: Node) -> int:
 
 
 def can_fold(node: Node) -> bool:
-    if node.domain != "" or node.subgraphs():
+    if node.domain not in FOLDABLE_DOMAINS or node.subgraphs():
         return False
     if any(v is not None and v.const is None for v in node.inputs):
         return False

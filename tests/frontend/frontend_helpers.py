@@ -27,7 +27,7 @@ def parse(text: str, *, check: bool = True) -> onnx.ModelProto:
     return model
 
 
-def session(model: "onnx.ModelProto | str") -> Any:
+def session(model: onnx.ModelProto | str) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -37,14 +37,14 @@ def session(model: "onnx.ModelProto | str") -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def run(model: "onnx.ModelProto | str", feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Runs a model on onnxruntime; outputs by name."""
     sess = session(model)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, feeds)))
 
 
-def assert_same_outputs(original: "onnx.ModelProto | str", exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
+def assert_same_outputs(original: onnx.ModelProto | str, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
                         *, atol: float = 1e-5) -> None:
     """Both models run on onnxruntime, give the same output names and (nearly) the same values."""
     a = run(original, feeds)

@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 
+import kiln
 import ml_dtypes
 import numpy as np
 import onnx
 import pytest
 from frontend_helpers import parse, run
-
-import kiln
 from kiln.errors import ExportError
 from kiln.ir import Tensor, verify
 

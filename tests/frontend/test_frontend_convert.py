@@ -8,7 +8,6 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as onh
 import pytest
-
 from kiln.exporter.convert import attr_to_proto, tensor_to_proto
 from kiln.frontend.convert import (
     TensorDataError,

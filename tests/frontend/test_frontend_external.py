@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 
+import kiln
 import numpy as np
 import onnx
 import pytest
 from frontend_helpers import PPOCR_MODELS, assert_same_outputs, parse, run
-
-import kiln
 from kiln.exporter import writer
 
 MODEL = """

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 
+import kiln
 import numpy as np
 import onnx
 import pytest
 from frontend_helpers import LIGHT_MODELS, PPOCR_MODELS, assert_same_outputs, session
-
-import kiln
 from kiln.ir import verify
 from kiln.ir.types import TensorType
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import kiln
 import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
 from frontend_helpers import assert_same_outputs, parse, run
-
-import kiln
 from kiln.errors import ModelLoadError
 from kiln.ir import verify
 from kiln.ir.types import TensorType
@@ -239,6 +238,8 @@ def test_unsorted_graph_is_sorted_and_keeps_indices() -> None:
     verify(graph)
     assert [n.op for n in graph] == ["Reshape", "MaxPool", "ReduceMean"]
     assert [n.loc.index for n in graph] == [0, 2, 1]
+    # ONNX inference saw the nodes in topological order too
+    assert [str(n.outputs[0].type) for n in graph] == ["f32[?,?,?]", "f32[N,C,?,?]", "f32[N,C,?]"]
 
 
 def test_omitted_optional_outputs_round_trip() -> None:

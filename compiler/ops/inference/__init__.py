@@ -211,8 +211,23 @@ def infer_graph(graph: Graph, *, merge: bool = True) -> int:
             if infer_and_update(node, merge=merge):
                 changed += 1
         except InferenceError as exc:
+            if _in_branch(node):
+                # An If branch may be one that can never run for these inputs
+                # (ONNX functions guard shape-specific code that way): its
+                # types stay unknown rather than failing the whole graph.
+                continue
             raise InferenceFailure(str(exc), node=node) from exc
     return changed
+
+
+def _in_branch(node: Node) -> bool:
+    """Whether ``node`` sits (at any depth) inside an If's then/else branch."""
+    graph = node.graph
+    while graph is not None and graph.parent is not None:
+        if graph.parent.is_op("If"):
+            return True
+        graph = graph.parent.graph
+    return False
 
 
 __all__ = [

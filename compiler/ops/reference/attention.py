@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 import numpy as np
-from kiln.ops.reference._registry import RefContext, reference
+from kiln.ops.reference._registry import RefContext, get_reference, reference
 from kiln.ops.reference.elementwise import onnx_dtype
 
 Inputs = list["np.ndarray | None"]
@@ -67,18 +67,13 @@ def _repeat_kv(x: np.ndarray, q_heads: int) -> np.ndarray:
     return np.repeat(x, q_heads // kv_heads, axis=1)
 
 
-def _softmax_rows(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax over the last axis; rows that are all ``-inf`` become zeros.
-
-    Returns the probabilities and a boolean ``(..., 1)`` array marking the
-    fully-masked rows.
-    """
+def _softmax_rows(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis; a row that is all ``-inf`` (no key allowed)
+    becomes zeros instead of NaN."""
     dead = np.all(np.isneginf(scores), axis=-1, keepdims=True)
     safe = np.where(dead, 0, scores)
-    shifted = safe - safe.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    probs = e / e.sum(axis=-1, keepdims=True)
-    return np.where(dead, 0, probs), dead
+    e = np.exp(safe - safe.max(axis=-1, keepdims=True))
+    return np.where(dead, 0, e / e.sum(axis=-1, keepdims=True))
 
 
 # --------------------------------------------------------------------------- Attention
@@ -95,7 +90,7 @@ def _attention_bias(
     """The additive bias ``(B, 1 or H, Sq, T)``: float mask values, ``-inf`` where
     a boolean mask, the causal frontier, a sliding window or the padding of
     ``nonpad_kv_seqlen`` disallows a key."""
-    batch, heads, sq, total = shape
+    batch, _heads, sq, total = shape
     bias = np.zeros((batch, 1, sq, total), dtype=cdt)
     if mask is not None:
         m = np.asarray(mask)
@@ -172,8 +167,9 @@ def attention_ref(inputs: Inputs, attrs: Attrs, ctx: RefContext) -> list[np.ndar
     biased = capped + bias
     precision = attrs.get("softmax_precision")
     sdt = onnx_dtype(precision) if precision is not None else cdt
-    probs, _dead = _softmax_rows(biased.astype(sdt).astype(np.float64 if sdt == np.float64 else cdt))
-    probs = probs.astype(sdt).astype(cdt)
+    # The scores are rounded to softmax_precision; the softmax itself runs in float32 or float64.
+    work = np.float64 if sdt == np.float64 else cdt
+    probs = _softmax_rows(biased.astype(sdt).astype(work)).astype(sdt).astype(cdt)
     y = probs @ vc
     if three_d:
         y = _merge_heads(y)
@@ -191,8 +187,6 @@ def attention_ref(inputs: Inputs, attrs: Attrs, ctx: RefContext) -> list[np.ndar
 def _run_modifier(graph: Any, x: np.ndarray, version: int) -> np.ndarray:
     """Evaluates a one-input, one-output modifier subgraph (a kiln ``Graph``)
     node by node with kiln's own references."""
-    from kiln.ops.reference._registry import get_reference
-
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ValueError("a FlexAttention modifier takes one tensor and returns one")
     env: dict[int, np.ndarray] = {id(graph.inputs[0]): x}
@@ -244,7 +238,7 @@ def flex_attention_ref(inputs: Inputs, attrs: Attrs, ctx: RefContext) -> list[np
     scores = (q.astype(sdt) @ _repeat_kv(k.astype(sdt), heads).swapaxes(-1, -2)) * np.asarray(scale, sdt)
     if attrs.get("score_mod") is not None:
         scores = _run_modifier(attrs["score_mod"], scores, 26)
-    probs, _dead = _softmax_rows(scores)
+    probs = _softmax_rows(scores)
     if attrs.get("prob_mod") is not None:
         probs = _run_modifier(attrs["prob_mod"], probs, 26)
     y = probs @ _repeat_kv(v.astype(sdt), heads)
@@ -259,7 +253,7 @@ def _per_head(x: np.ndarray | None, heads: int) -> np.ndarray | None:
     ``(B, T, 1)`` (one value per head, or one for all) to ``(B, H or 1, T, 1)``."""
     if x is None:
         return None
-    b, t, width = x.shape
+    width = x.shape[-1]
     if width in (heads, 1):
         return x.transpose(0, 2, 1)[..., None]
     return _split_heads(x, heads)

@@ -114,7 +114,7 @@ def label_encoder_ref(inputs: Inputs, attrs: Attrs, ctx: RefContext) -> list[np.
 # --------------------------------------------------------------------------- TreeEnsemble
 
 
-def _branch(mode: int, x: np.ndarray, split: float, members: set[float] | None) -> np.ndarray:
+def _branch(mode: int, x: float, split: float, members: set[float] | None) -> bool:
     if mode == 0:
         return x <= split
     if mode == 1:
@@ -129,7 +129,7 @@ def _branch(mode: int, x: np.ndarray, split: float, members: set[float] | None) 
         return x != split
     if mode == 6:
         assert members is not None
-        return np.isin(x, list(members))
+        return x in members
     raise ValueError(f"TreeEnsemble: unknown node mode {mode}")
 
 
@@ -202,8 +202,10 @@ def tree_ensemble_ref(inputs: Inputs, attrs: Attrs, ctx: RefContext) -> list[np.
                 if math.isnan(value):
                     go_true = bool(missing_true[node])
                 else:
-                    go_true = bool(_branch(modes[node], np.float64(value), splits[node], members.get(node)))
-                node, is_leaf = (true_ids[node], true_leaf[node]) if go_true else (false_ids[node], false_leaf[node])
+                    go_true = bool(_branch(modes[node], float(value), float(splits[node]), members.get(node)))
+                node, is_leaf = (
+                    (true_ids[node], true_leaf[node]) if go_true else (false_ids[node], false_leaf[node])
+                )
                 node = int(node)
             t, w = leaf_targets[node], leaf_weights[node]
             total[r, t] += w

@@ -106,7 +106,7 @@ def deform_conv_ref(inputs: Inputs, attrs: Attrs, ctx: RefContext) -> list[np.nd
     cg, mg = c // group, m_out // group
     cols = cols.reshape([n, group, cg * taps, math.prod(out)])
     wmat = wc.reshape(group, mg, cg * taps)
-    y = np.einsum("gmk,ngkp->ngmp", wmat, cols).reshape([n, m_out, *out])
+    y = np.matmul(wmat[None], cols).reshape([n, m_out, *out])
     if bias is not None:
         y = y + bias.astype(cdt).reshape((1, -1) + (1,) * nd)
     return [y.astype(dtype)]

@@ -89,7 +89,7 @@ def qlinear_conv_ref(inputs: Inputs, attrs: Attrs, ctx: RefContext) -> list[np.n
     spatial = (1,) * (acc.ndim - 2)
     if bias is not None:
         acc = acc + bias.astype(np.int64).reshape((1, -1) + spatial)
-    ws = np.asarray(w_scale, dtype=np.float64).reshape(-1)
-    ws = ws.reshape((1, -1) + spatial) if ws.size > 1 else ws.reshape(())
+    flat_ws = np.asarray(w_scale, dtype=np.float64).reshape(-1)
+    ws = flat_ws.reshape((1, -1) + spatial) if flat_ws.size > 1 else flat_ws.reshape(())
     multiplier = float(np.asarray(x_scale).reshape(-1)[0]) * ws / float(np.asarray(y_scale).reshape(-1)[0])
     return [_requantize(acc, multiplier, np.asarray(y_zero).reshape(-1)[:1].reshape(()))]

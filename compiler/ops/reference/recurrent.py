@@ -15,12 +15,16 @@ Activations are named as in the spec (case-insensitive); a list of
 activations covers the forward direction first, then the reverse one.
 ``activation_alpha``/``activation_beta`` values are consumed, in order, by
 the activations that take such a parameter; the others keep the defaults of
-the corresponding ONNX op.  ``clip`` bounds the input of every activation.
+the corresponding ONNX op.  ``clip`` bounds the input of every gate
+activation (the pre-activations of RNN's ``f``, GRU's ``f``/``g`` and LSTM's
+``f``/``g``); LSTM's output activation ``h(C_t)`` reads the cell state
+unclipped and the cell state itself is not clipped, as onnxruntime computes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from kiln.ops.reference._registry import RefContext, reference
@@ -58,7 +62,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # name -> (default alpha or None if it takes none, default beta or None, function of (x, alpha, beta))
-_ACTIVATIONS: dict[str, tuple[float | None, float | None, Callable[[np.ndarray, float, float], np.ndarray]]] = {
+_ACTIVATIONS: dict[
+    str, tuple[float | None, float | None, Callable[[np.ndarray, float, float], np.ndarray]]
+] = {
     "relu": (None, None, lambda x, a, b: np.maximum(x, 0)),
     "tanh": (None, None, lambda x, a, b: np.tanh(x)),
     "sigmoid": (None, None, lambda x, a, b: _sigmoid(x)),
@@ -73,8 +79,11 @@ _ACTIVATIONS: dict[str, tuple[float | None, float | None, Callable[[np.ndarray, 
 }
 
 
-def _activations(attrs: Attrs, defaults: list[str], directions: int, clip: float | None) -> list[list[Activation]]:
-    """The activation functions of each direction, parameters bound, clip applied first."""
+def _activations(
+    attrs: Attrs, defaults: list[str], directions: int, clip: float | None, unclipped: int = -1
+) -> list[list[Activation]]:
+    """The activation functions of each direction, parameters bound, clip applied
+    first, except to the activation at position ``unclipped`` (LSTM's ``h``)."""
     names = [_text(n) for n in attrs.get("activations") or []] or defaults * directions
     if len(names) == len(defaults) and directions == 2:
         names = names * 2
@@ -83,7 +92,7 @@ def _activations(attrs: Attrs, defaults: list[str], directions: int, clip: float
     alphas = list(attrs.get("activation_alpha") or [])
     betas = list(attrs.get("activation_beta") or [])
     funcs: list[Activation] = []
-    for name in names:
+    for position, name in enumerate(names):
         key = name.lower()
         if key not in _ACTIVATIONS:
             raise NotImplementedError(f"activation {name!r}")
@@ -93,9 +102,13 @@ def _activations(attrs: Attrs, defaults: list[str], directions: int, clip: float
         if beta is not None and betas:
             beta = betas.pop(0)
 
-        def bound(x: np.ndarray, fn: Any = fn, a: Any = alpha, b: Any = beta) -> np.ndarray:
-            if clip is not None:
-                x = np.clip(x, -clip, clip)
+        limit = None if position % len(defaults) == unclipped else clip
+
+        def bound(
+            x: np.ndarray, fn: Any = fn, a: Any = alpha, b: Any = beta, limit: Any = limit
+        ) -> np.ndarray:
+            if limit is not None:
+                x = np.clip(x, -limit, limit)
             return fn(x, a, b)
 
         funcs.append(bound)
@@ -162,7 +175,10 @@ def _recurrent(
     bc = np.zeros((directions, 2 * gates * hidden), cdt) if bias is None else bias.astype(cdt)
     lengths = np.full(batch, steps, np.int64) if lens is None else np.asarray(lens, np.int64).reshape(-1)
     clip = attrs.get("clip")
-    funcs = _activations(attrs, defaults, directions, None if clip is None else float(clip))
+    # LSTM's third activation (h) reads the cell state, not a gate: it is not clipped.
+    funcs = _activations(
+        attrs, defaults, directions, None if clip is None else float(clip), 2 if gates == 4 else -1
+    )
     cell = make_cell(wc, rc, bc, funcs, hidden)
     inits = []
     for i in state_inputs:
@@ -189,7 +205,9 @@ def _recurrent(
 # --------------------------------------------------------------------------- the cells
 
 
-def _rnn_cell(w: np.ndarray, r: np.ndarray, b: np.ndarray, funcs: list[list[Activation]], hidden: int) -> Cell:
+def _rnn_cell(
+    w: np.ndarray, r: np.ndarray, b: np.ndarray, funcs: list[list[Activation]], hidden: int
+) -> Cell:
     def cell(xt: np.ndarray, states: tuple[np.ndarray, ...], d: int) -> tuple[np.ndarray, ...]:
         (h,) = states
         (f,) = funcs[d]

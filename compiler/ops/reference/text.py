@@ -192,7 +192,9 @@ def _re2_to_python(pattern: str) -> str:
         if c == "(" and pattern.startswith("(?", i):
             rest = pattern[i + 2 : i + 4]
             if rest[:1] in ("=", "!", ">", "#", "|") or rest in ("<=", "<!") or pattern.startswith("(?P=", i):
-                raise NotImplementedError("RegexFullMatch: lookaround/atomic/backreference groups are not RE2")
+                raise NotImplementedError(
+                    "RegexFullMatch: lookaround/atomic/backreference groups are not RE2"
+                )
             if rest[:1] == "<":  # (?<name>...) -> (?P<name>...)
                 out.append("(?P<")
                 i += 3

@@ -1,0 +1,257 @@
+"""``fuse-act``: activations fused into the Conv/Gemm/MatMul that produces their input.
+
+- ``fuse-conv-act``: ``act(Conv(x, W, B))`` -> ``kiln.ConvAct(x, W, B)``;
+- ``fuse-gemm-act``: ``act(Gemm(A, B, C))`` -> ``kiln.GemmAct(A, B, C)``;
+- ``fuse-matmul-act``: ``act(MatMul(a, b))`` and ``act(MatMul(a, b) + c)``
+  (``c`` broadcasting into the product without widening it) ->
+  ``kiln.GemmAct(a, b, [c])``;
+- ``fuse-conv-swish`` / ``fuse-gemm-swish``: ``y · Sigmoid(y)`` (SiLU) and
+  ``y · HardSigmoid(y; 1/6, 1/2)`` (HardSwish) over such a ``y``.
+
+``act`` is one of Relu, Clip (constant bounds), LeakyRelu, Sigmoid,
+HardSigmoid, HardSwish, Mish, Tanh, Elu, Gelu and PRelu (its slope becomes the
+fused op's last input); see ``kiln.ops.kiln_dialect`` for the semantics.  The
+producer's output must feed only the activation.
+
+This is a target pass: NCNN, TFLite and TensorRT execute a convolution or
+matrix product with its activation as one layer, and their legalization
+pipelines run it.  It is not in the ONNX presets: onnxruntime fuses these
+itself, and a kiln op exported to ONNX is a function call, not fewer nodes.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kiln.ir.core import Node, Value
+from kiln.ops.kiln_dialect import FLOAT_MAX
+from kiln.passmanager.registry import register_pass
+from kiln.rewrite import P, RuleSet, attrs_of, rule
+from kiln.passes.fusion._affine import FLOAT_DTYPES, const_array, fits_into
+
+SIMPLE_ACTIVATIONS = frozenset(
+    {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Mish", "Tanh", "Elu", "Gelu", "PRelu"}
+)
+
+
+def activation_of(act: Node) -> tuple[str, list[float], dict[str, str], Value | None] | str:
+    """``(activation, params, extra attrs, PRelu slope)`` for a fused op, or why ``act`` cannot fuse."""
+    op = act.op
+    if op in ("Relu", "Sigmoid", "Tanh", "HardSwish", "Mish"):
+        return op, [], {}, None
+    if op == "LeakyRelu":
+        return op, [float(act.attr("alpha", 0.01))], {}, None
+    if op == "HardSigmoid":
+        return op, [float(act.attr("alpha", 0.2)), float(act.attr("beta", 0.5))], {}, None
+    if op == "Elu":
+        return op, [float(act.attr("alpha", 1.0))], {}, None
+    if op == "Gelu":
+        approximate = act.attr("approximate", "none") or "none"
+        return op, [], ({"approximate": approximate} if approximate != "none" else {}), None
+    if op == "PRelu":
+        return op, [], {}, act.input(1)
+    if op == "Clip":
+        if (act.version or 11) < 11:
+            return op, [float(act.attr("min", -FLOAT_MAX)), float(act.attr("max", FLOAT_MAX))], {}, None
+        bounds = []
+        for i, default in ((1, -FLOAT_MAX), (2, FLOAT_MAX)):
+            v = act.input(i)
+            if v is None:
+                bounds.append(default)
+                continue
+            data = const_array(v)
+            if data is None or data.size != 1:
+                return "the Clip bounds are not constant scalars"
+            bounds.append(float(data.reshape(-1)[0]))
+        if any(math.isnan(b) for b in bounds):
+            return "a Clip bound is NaN"
+        return op, bounds, {}, None
+    return f"{act.op_id} is not a fusable activation"
+
+
+def _act_inputs(op: str, inputs: list[Value | None], slope: Value | None) -> list[Value | None]:
+    if slope is not None:
+        inputs = inputs + [None] * (3 - len(inputs)) + [slope]
+    return inputs
+
+
+def _fused(op, kind: str, producer: Node, inputs: list[Value | None], act: Node) -> Value:  # type: ignore[no-untyped-def]
+    spec = activation_of(act)
+    assert not isinstance(spec, str)
+    name, params, extra, slope = spec
+    attrs = dict(attrs_of(producer))
+    attrs.update(extra)
+    if params:
+        attrs["activation_params"] = params
+    return op.op(kind, *_act_inputs(kind, inputs, slope), _domain="kiln", activation=name, **attrs)
+
+
+def _check_act(act: Node, y: Value) -> bool | str:
+    if y.dtype not in FLOAT_DTYPES:
+        return f"{y.dtype} is not a float type"
+    spec = activation_of(act)
+    return spec if isinstance(spec, str) else True
+
+
+# --------------------------------------------------------------------------- Conv
+
+
+@rule("fuse-conv-act")
+def conv_act(op):  # type: ignore[no-untyped-def]
+    """act(Conv(x, W, [B])) -> kiln.ConvAct(x, W, [B])."""
+    conv = op.Conv(P.variadic("args"), _outputs=["y"], _one_use=True)
+    return op.op(SIMPLE_ACTIVATIONS, conv, _allow_other_inputs=True, _node="act")
+
+
+@conv_act.check
+def _(ctx, act: Node, y: Value) -> bool | str:  # type: ignore[no-untyped-def]
+    return _check_act(act, y)
+
+
+@conv_act.replace
+def _(op, act: Node, y: Value, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+    return _fused(op, "ConvAct", y.producer, list(args), act)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- Gemm / MatMul
+
+
+@rule("fuse-gemm-act")
+def gemm_act(op):  # type: ignore[no-untyped-def]
+    """act(Gemm(A, B, [C])) -> kiln.GemmAct(A, B, [C])."""
+    gemm = op.Gemm(P.variadic("args"), _outputs=["y"], _one_use=True)
+    return op.op(SIMPLE_ACTIVATIONS, gemm, _allow_other_inputs=True, _node="act")
+
+
+@gemm_act.check
+def _(ctx, act: Node, y: Value) -> bool | str:  # type: ignore[no-untyped-def]
+    return _check_act(act, y)
+
+
+@gemm_act.replace
+def _(op, act: Node, y: Value, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+    return _fused(op, "GemmAct", y.producer, list(args), act)  # type: ignore[arg-type]
+
+
+@rule("fuse-matmul-bias-act")
+def matmul_bias_act(op, a, b, c):  # type: ignore[no-untyped-def]
+    """act(Add(MatMul(a, b), c)) -> kiln.GemmAct(a, b, c)."""
+    mm = op.MatMul(a, b, _outputs=["mm"], _one_use=True)
+    return op.op(SIMPLE_ACTIVATIONS, op.Add(mm, c, _outputs=["y"], _one_use=True), _allow_other_inputs=True, _node="act")
+
+
+@matmul_bias_act.check
+def _(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | str:  # type: ignore[no-untyped-def]
+    if mm.shape is None or c.shape is None or y.shape != mm.shape or c.dtype != mm.dtype:
+        return "the bias widens the product, or shapes are unknown"
+    if not fits_into(tuple(c.shape), mm.shape):
+        return "the bias does not broadcast into the product"
+    return _check_act(act, y)
+
+
+@matmul_bias_act.replace
+def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:  # type: ignore[no-untyped-def]
+    spec = activation_of(act)
+    assert not isinstance(spec, str)
+    name, params, extra, slope = spec
+    attrs: dict[str, object] = dict(extra)
+    if params:
+        attrs["activation_params"] = params
+    return op.op("GemmAct", *_act_inputs("GemmAct", [a, b, c], slope), _domain="kiln", activation=name, **attrs)
+
+
+@rule("fuse-matmul-act")
+def matmul_act(op, a, b):  # type: ignore[no-untyped-def]
+    """act(MatMul(a, b)) -> kiln.GemmAct(a, b)."""
+    return op.op(SIMPLE_ACTIVATIONS, op.MatMul(a, b, _outputs=["y"], _one_use=True), _allow_other_inputs=True, _node="act")
+
+
+@matmul_act.check
+def _(ctx, act: Node, y: Value) -> bool | str:  # type: ignore[no-untyped-def]
+    return _check_act(act, y)
+
+
+@matmul_act.replace
+def _(op, act: Node, a: Value, b: Value) -> Value:  # type: ignore[no-untyped-def]
+    spec = activation_of(act)
+    assert not isinstance(spec, str)
+    name, params, extra, slope = spec
+    attrs: dict[str, object] = dict(extra)
+    if params:
+        attrs["activation_params"] = params
+    return op.op("GemmAct", *_act_inputs("GemmAct", [a, b], slope), _domain="kiln", activation=name, **attrs)
+
+
+# --------------------------------------------------------------------------- y * gate(y)
+
+
+def _is_hard_swish_gate(alpha: float) -> bool:
+    return abs(alpha - 1.0 / 6.0) < 1e-6
+
+
+def _gated(op, producer_op: str, kind: str):  # type: ignore[no-untyped-def]
+    y = op.op(producer_op, P.variadic("args"), _outputs=["y"])
+    gate = op.op({"Sigmoid", "HardSigmoid"}, y, _outputs=["g"], _node="gate", _one_use=True)
+    return op.Mul(y, gate)
+
+
+def _gate_check(y: Value, gate: Node) -> bool | str:
+    if len(y.uses) != 2 or (y.graph is not None and y.graph.is_output(y)):
+        return "the product is read by more than the gate and the Mul"
+    if y.dtype not in FLOAT_DTYPES:
+        return f"{y.dtype} is not a float type"
+    if gate.op == "HardSigmoid":
+        if not _is_hard_swish_gate(float(gate.attr("alpha", 0.2))) or float(gate.attr("beta", 0.5)) != 0.5:
+            return "the HardSigmoid is not HardSwish's (alpha 1/6, beta 1/2)"
+    return True
+
+
+def _gate_replace(op, kind: str, y: Value, gate: Node, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+    producer = y.producer
+    assert producer is not None
+    name = "Swish" if gate.op == "Sigmoid" else "HardSwish"
+    return op.op(kind, *args, _domain="kiln", activation=name, **attrs_of(producer))
+
+
+@rule("fuse-conv-swish")
+def conv_swish(op):  # type: ignore[no-untyped-def]
+    """Mul(y, Sigmoid|HardSigmoid(y)), y = Conv(...) -> kiln.ConvAct(Swish|HardSwish)."""
+    return _gated(op, "Conv", "ConvAct")
+
+
+@conv_swish.check
+def _(ctx, y: Value, gate: Node) -> bool | str:  # type: ignore[no-untyped-def]
+    return _gate_check(y, gate)
+
+
+@conv_swish.replace
+def _(op, y: Value, gate: Node, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+    return _gate_replace(op, "ConvAct", y, gate, args)
+
+
+@rule("fuse-gemm-swish")
+def gemm_swish(op):  # type: ignore[no-untyped-def]
+    """Mul(y, Sigmoid|HardSigmoid(y)), y = Gemm(...) -> kiln.GemmAct(Swish|HardSwish)."""
+    return _gated(op, "Gemm", "GemmAct")
+
+
+@gemm_swish.check
+def _(ctx, y: Value, gate: Node) -> bool | str:  # type: ignore[no-untyped-def]
+    return _gate_check(y, gate)
+
+
+@gemm_swish.replace
+def _(op, y: Value, gate: Node, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+    return _gate_replace(op, "GemmAct", y, gate, args)
+
+
+ACT_RULES = RuleSet(
+    [conv_act, gemm_act, matmul_bias_act, matmul_act, conv_swish, gemm_swish],
+    name="fuse-act",
+)
+
+FuseActivation = register_pass(
+    ACT_RULES.as_pass("fuse-act", "Fuses activations into the Conv/Gemm/MatMul before them (kiln.ConvAct, kiln.GemmAct).")
+)
+
+__all__ = ["ACT_RULES", "SIMPLE_ACTIVATIONS", "FuseActivation", "activation_of"]
