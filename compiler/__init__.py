@@ -51,4 +51,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = sorted(_LAZY)
+__all__ = ["Pass", "PassContext", "Pipeline", "compile", "ir", "load", "optimize", "save", "to_onnx"]

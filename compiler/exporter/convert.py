@@ -26,6 +26,7 @@ Output is deterministic: the same graph gives the same ``ModelProto``.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ _DTYPE_IR = {
     DType.FLOAT6E3M2: 14,
 }
 _MAX_INLINE_DEPTH = 32
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -105,7 +108,9 @@ def tensor_bytes(tensor: Tensor) -> bytes | memoryview:
     dtype = tensor.dtype
     arr = np.asarray(tensor.numpy())
     if arr.size != tensor.numel:
-        raise ExportError(f"tensor data holds {arr.size} elements, its shape {list(tensor.shape)} says {tensor.numel}")
+        raise ExportError(
+            f"tensor data holds {arr.size} elements, its shape {list(tensor.shape)} says {tensor.numel}"
+        )
     if is_packed(dtype):
         if arr.dtype != dtype.numpy:
             arr = arr.astype(dtype.numpy)
@@ -164,7 +169,9 @@ def tensor_to_proto(
 GraphToProto = Callable[[Graph], onnx.GraphProto]
 
 
-def attr_to_proto(name: str, attr: Attr, *, graph_fn: GraphToProto | None = None, kind: AttrKind | None = None) -> onnx.AttributeProto:
+def attr_to_proto(
+    name: str, attr: Attr, *, graph_fn: GraphToProto | None = None, kind: AttrKind | None = None
+) -> onnx.AttributeProto:
     """An ``AttributeProto``; ``kind`` (the schema's) turns INT(S) into FLOAT(S) where the op wants floats."""
     a = onnx.AttributeProto()
     a.name = name
@@ -186,7 +193,9 @@ def attr_to_proto(name: str, attr: Attr, *, graph_fn: GraphToProto | None = None
     elif k == K.INTS:
         a.ints.extend(int(v) for v in value)
     elif k == K.STRINGS:
-        a.strings.extend(v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogateescape") for v in value)
+        a.strings.extend(
+            v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogateescape") for v in value
+        )
     elif k == K.TENSOR:
         a.t.CopyFrom(tensor_to_proto(value))
     elif k == K.TENSORS:
@@ -253,7 +262,9 @@ def _fill_node(
     if node.attrs:
         kinds = _attr_kinds(node)
         for name in sorted(node.attrs):
-            proto.attribute.append(attr_to_proto(name, node.attrs[name], graph_fn=graph_fn, kind=kinds.get(name)))
+            proto.attribute.append(
+                attr_to_proto(name, node.attrs[name], graph_fn=graph_fn, kind=kinds.get(name))
+            )
     return proto
 
 
@@ -412,8 +423,8 @@ class _Exporter:
         try:
             ids = [onnx.helper.make_opsetid(d, v) for d, v in opsets.items() if d != KILN_DOMAIN]
             ir = max(ir, onnx.helper.find_min_ir_version_for(ids, ignore_unknown=True))
-        except Exception:  # noqa: BLE001 - an opset the installed onnx does not know
-            pass
+        except Exception as exc:  # noqa: BLE001 - an opset the installed onnx does not know
+            logger.debug("no minimum ir_version known for %s: %s", opsets, exc)
         if self.functions or info.functions:
             ir = max(ir, 8)
         m.ir_version = ir
@@ -575,8 +586,16 @@ class _Exporter:
         tmp.opsets.setdefault("", newest_onnx_opset())
         inputs = [None if v is None else tmp.add_input(f"X{i}", v.type) for i, v in enumerate(node.inputs)]
         outputs = [Value(f"Y{i}", o.type) for i, o in enumerate(node.outputs)]
-        clone = Node(node.op, inputs, outputs, dict(node.attrs), domain=node.domain, version=node.version,
-                     name=node.name, loc=node.loc)
+        clone = Node(
+            node.op,
+            inputs,
+            outputs,
+            dict(node.attrs),
+            domain=node.domain,
+            version=node.version,
+            name=node.name,
+            loc=node.loc,
+        )
         tmp.insert_node(clone)
         builder = OpBuilder(tmp, before=clone, loc=node.loc)
         try:
@@ -584,11 +603,14 @@ class _Exporter:
         except ExportError:
             raise
         except Exception as exc:
-            raise ExportError(f"decomposition of {node.op_id} failed: {type(exc).__name__}: {exc}", node=node) from exc
+            raise ExportError(
+                f"decomposition of {node.op_id} failed: {type(exc).__name__}: {exc}", node=node
+            ) from exc
         outs = [result] if isinstance(result, Value) else list(result)
         if len(outs) != len(node.outputs):
             raise ExportError(
-                f"decomposition of {node.op_id} gave {len(outs)} values for {len(node.outputs)} outputs", node=node
+                f"decomposition of {node.op_id} gave {len(outs)} values for {len(node.outputs)} outputs",
+                node=node,
             )
         if any(o.uses for o in clone.outputs) or any(any(o is x for x in outs) for o in clone.outputs):
             raise ExportError(f"decomposition of {node.op_id} uses the node it replaces", node=node)
@@ -633,7 +655,9 @@ class _Exporter:
             for domain, version in sorted(imports.items(), key=lambda kv: (kv[0] != "", kv[0])):
                 if domain not in saved_versions and domain != KILN_DOMAIN:
                     saved_versions[domain] = version
-                f.opset_import.add(domain=domain, version=version if version > 0 else self.root.opsets.get(domain, 1))
+                f.opset_import.add(
+                    domain=domain, version=version if version > 0 else self.root.opsets.get(domain, 1)
+                )
             if node.name:
                 f.doc_string = f"decomposition of kiln.{node.op}"
             self.functions.append(f)
@@ -644,7 +668,9 @@ class _Exporter:
 
     def _inline(self, node: Node, body: _Body) -> None:
         if self._inline_depth >= _MAX_INLINE_DEPTH:
-            raise ExportError(f"decompositions of {node.op_id} nest deeper than {_MAX_INLINE_DEPTH} levels", node=node)
+            raise ExportError(
+                f"decompositions of {node.op_id} nest deeper than {_MAX_INLINE_DEPTH} levels", node=node
+            )
         tmp = self._decompose(node)
         for i, v in enumerate(node.inputs):
             if v is not None:
@@ -664,4 +690,3 @@ class _Exporter:
             self.emit_body(tmp, body, wanted)
         finally:
             self._inline_depth -= 1
-

@@ -24,6 +24,7 @@ from kiln.errors import ExportError
 from kiln.exporter.convert import _Exporter, tensor_bytes
 from kiln.ir.core import Graph
 from kiln.ir.dtypes import DType
+from kiln.ir.gcpause import paused_gc
 from kiln.ir.tensor import Tensor
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,11 @@ class _DataFile:
         length = data.nbytes if isinstance(data, memoryview) else len(data)
         self.f.write(data)
         proto.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", self.location), ("offset", str(self.offset)), ("length", str(length))):
+        for key, value in (
+            ("location", self.location),
+            ("offset", str(self.offset)),
+            ("length", str(length)),
+        ):
             entry = proto.external_data.add()
             entry.key = key
             entry.value = value
@@ -66,7 +71,9 @@ class _DataFile:
 
 def constant_bytes(graph: Graph) -> int:
     """Total size of the constants of ``graph`` and its subgraphs."""
-    return sum(v.const.nbytes for g in graph.all_graphs() for v in g.constants.values() if v.const is not None)
+    return sum(
+        v.const.nbytes for g in graph.all_graphs() for v in g.constants.values() if v.const is not None
+    )
 
 
 def _umask() -> int:
@@ -87,7 +94,12 @@ def _pin_sources(graph: Graph, data_path: str) -> None:
     for g in graph.all_graphs():
         for v in g.constants.values():
             t = v.const
-            if t is not None and t.external is not None and not t.loaded and os.path.realpath(t.external.path) == real:
+            if (
+                t is not None
+                and t.external is not None
+                and not t.loaded
+                and os.path.realpath(t.external.path) == real
+            ):
                 t.numpy()
 
 
@@ -142,7 +154,7 @@ def save(
         os.close(fd)
         if external_data:
             fd, data_tmp = tempfile.mkstemp(dir=folder, prefix=f".{data_name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb") as f, paused_gc():
                 sink = _DataFile(f, data_name, size_threshold)
                 model = _Exporter(graph, kiln_ops=kiln_ops, sink=sink).model()
                 f.flush()
@@ -151,15 +163,19 @@ def save(
                 _remove(data_tmp)
                 data_tmp = None
         else:
-            model = _Exporter(graph, kiln_ops=kiln_ops).model()
+            with paused_gc():
+                model = _Exporter(graph, kiln_ops=kiln_ops).model()
         try:
             blob = model.SerializeToString(deterministic=True)
         except Exception as exc:  # noqa: BLE001 - protobuf refuses messages over 2 GB
             raise ExportError(
-                f"the model does not fit in one protobuf ({exc}); save it with external_data=True", file=str(target)
+                f"the model does not fit in one protobuf ({exc}); save it with external_data=True",
+                file=str(target),
             ) from None
         if len(blob) > PROTOBUF_LIMIT:
-            raise ExportError("the model exceeds protobuf's 2 GB limit; save it with external_data=True", file=str(target))
+            raise ExportError(
+                "the model exceeds protobuf's 2 GB limit; save it with external_data=True", file=str(target)
+            )
         with open(model_tmp, "wb") as f:
             f.write(blob)
             f.flush()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -36,6 +36,7 @@ __all__ = [
     "TensorDataError",
     "attr_from_proto",
     "dim_from_proto",
+    "is_packed",
     "packed_nbytes",
     "sparse_tensor_from_proto",
     "tensor_from_proto",
@@ -165,6 +166,9 @@ _SIX_BIT = frozenset({DType.FLOAT6E2M3, DType.FLOAT6E3M2})
 
 def packed_nbytes(dtype: DType, count: int) -> int:
     """Bytes ONNX uses to store ``count`` elements of ``dtype`` in ``raw_data``."""
+    bits = dtype.itemsize_bits
+    if bits >= 8:
+        return count * (bits // 8)
     per = _PACKED_PER_BYTE.get(dtype)
     if per is not None:
         return (count + per - 1) // per
@@ -210,14 +214,20 @@ def is_packed(dtype: DType) -> bool:
 # --------------------------------------------------------------------------- tensors
 
 
-def _shape_of(dims: list[int] | tuple[int, ...], what: str) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in dims)
-    if any(d < 0 for d in shape):
+def _shape_of(dims: Sequence[int], what: str) -> tuple[int, ...]:
+    shape = tuple(dims)
+    if shape and min(shape) < 0:
         raise TensorDataError(f"{what} has a negative dim in {list(shape)}")
     return shape
 
 
+_USABLE_DTYPES: dict[int, DType] = {}
+
+
 def _dtype_of(data_type: int, what: str) -> DType:
+    dtype = _USABLE_DTYPES.get(data_type)
+    if dtype is not None:
+        return dtype
     dtype = _dtype_or_none(data_type)
     if dtype is None:
         raise TensorDataError(f"{what} has unknown element type {data_type}")
@@ -225,6 +235,7 @@ def _dtype_of(data_type: int, what: str) -> DType:
         dtype.numpy  # noqa: B018 - raises when ml_dtypes lacks the type
     except TypeError:
         raise TensorDataError(f"{what} has element type {dtype.name}, which numpy cannot hold here") from None
+    _USABLE_DTYPES[data_type] = dtype
     return dtype
 
 
@@ -245,7 +256,9 @@ def _typed_array(proto: onnx.TensorProto, dtype: DType, shape: tuple[int, ...], 
     def field(values: object, expected: int, name: str, np_dtype: type) -> np.ndarray:
         n = len(values)  # type: ignore[arg-type]
         if n != expected:
-            raise TensorDataError(f"{what} declares {count} elements of {dtype.name} but {name} holds {n} values")
+            raise TensorDataError(
+                f"{what} declares {count} elements of {dtype.name} but {name} holds {n} values"
+            )
         return np.array(values, dtype=np_dtype)
 
     if dtype == D.STRING:
@@ -263,7 +276,9 @@ def _typed_array(proto: onnx.TensorProto, dtype: DType, shape: tuple[int, ...], 
     if dtype == D.DOUBLE:
         return field(proto.double_data, count, "double_data", np.float64).reshape(shape)
     if dtype == D.COMPLEX128:
-        return field(proto.double_data, 2 * count, "double_data", np.float64).view(np.complex128).reshape(shape)
+        return (
+            field(proto.double_data, 2 * count, "double_data", np.float64).view(np.complex128).reshape(shape)
+        )
     if dtype == D.INT64:
         return field(proto.int64_data, count, "int64_data", np.int64).reshape(shape)
     if dtype in (D.UINT64, D.UINT32):
@@ -292,7 +307,9 @@ def _external_tensor(
     info = {e.key: e.value for e in proto.external_data}
     location = info.get("location", "")
     if model_dir is None:
-        raise TensorDataError(f"{what} keeps its data in {location!r}, but the model was given without a folder")
+        raise TensorDataError(
+            f"{what} keeps its data in {location!r}, but the model was given without a folder"
+        )
     if dtype == DType.STRING:
         raise TensorDataError(f"{what}: string tensors cannot use external data")
     try:
@@ -309,7 +326,9 @@ def _external_tensor(
     count = math.prod(shape)
     nbytes = packed_nbytes(dtype, count)
     if length is not None and length != nbytes:
-        raise TensorDataError(f"{what}: external data length {length} does not match {nbytes} bytes of {dtype.name}{list(shape)}")
+        raise TensorDataError(
+            f"{what}: external data length {length} does not match {nbytes} bytes of {dtype.name}{list(shape)}"
+        )
     try:
         size = os.path.getsize(path) if os.path.isfile(path) else None
     except OSError:
@@ -335,7 +354,9 @@ def _external_tensor(
     return Tensor(dtype, shape, loader=load, external=ext)
 
 
-def tensor_from_proto(proto: onnx.TensorProto, *, model_dir: str | None = None, what: str | None = None) -> Tensor:
+def tensor_from_proto(
+    proto: onnx.TensorProto, *, model_dir: str | None = None, what: str | None = None
+) -> Tensor:
     """A kiln :class:`Tensor` for an ONNX ``TensorProto`` (lazy for raw and external data).
 
     Args:
@@ -346,7 +367,8 @@ def tensor_from_proto(proto: onnx.TensorProto, *, model_dir: str | None = None, 
     Raises:
         TensorDataError: the data is missing, has the wrong size, or lies outside ``model_dir``.
     """
-    what = what or f"tensor {proto.name!r}"
+    if what is None:
+        what = f"tensor {proto.name!r}"
     if proto.HasField("segment"):
         raise TensorDataError(f"{what} is segmented, which kiln does not read")
     dtype = _dtype_of(proto.data_type, what)
@@ -470,7 +492,9 @@ def attr_from_proto(
     passes one); SPARSE_TENSOR values stay serialized bytes, as ``Attr`` says.
     """
     if proto.ref_attr_name:
-        raise TensorDataError(f"attribute {proto.name!r} refers to {proto.ref_attr_name!r} outside a function")
+        raise TensorDataError(
+            f"attribute {proto.name!r} refers to {proto.ref_attr_name!r} outside a function"
+        )
     kind = attr_kind(proto)
     label = what or f"attribute {proto.name!r}"
     K = AttrKind

@@ -219,7 +219,9 @@ class FunctionInliner:
             body = self._instantiate(f, item.proto)
             self.expanded += len(body)
             if self.expanded > self.max_nodes:
-                raise InlineError(f"inlining model-local functions would create more than {self.max_nodes} nodes")
+                raise InlineError(
+                    f"inlining model-local functions would create more than {self.max_nodes} nodes"
+                )
             call = item.call if item.call is not None else item.proto
             new_chain = item.chain + (key,)
             for b in reversed(body):

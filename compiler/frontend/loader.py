@@ -25,7 +25,6 @@ names become unknown (``None``), see :mod:`kiln.frontend.convert`.
 
 from __future__ import annotations
 
-import gc
 import heapq
 import logging
 import os
@@ -56,6 +55,7 @@ from kiln.ir.core import (
     domain_text,
 )
 from kiln.ir.dtypes import DType
+from kiln.ir.gcpause import paused_gc
 from kiln.ir.tensor import Tensor
 from kiln.ir.types import Dim, TensorType, Type
 from kiln.ops.registry import lookup, newest_onnx_opset
@@ -106,13 +106,8 @@ def load(
             model_dir=os.path.dirname(os.path.abspath(path)),
             source_path=os.path.abspath(path),
         )
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # loading creates no garbage cycles worth collecting, and the collector's passes dominate big graphs
-    try:
+    with paused_gc():  # loading creates no garbage cycles; the collector's passes would dominate big graphs
         return loader.run(input_shapes or {}, infer)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 # --------------------------------------------------------------------------- reading
@@ -125,6 +120,8 @@ def _short(exc: BaseException) -> str:
 
 
 def _read(path: str) -> onnx.ModelProto:
+    if "\0" in path:
+        raise ModelLoadError("not a valid path", file=repr(path))
     if not os.path.exists(path):
         raise ModelLoadError("file not found", file=path)
     if not os.path.isfile(path):
@@ -134,7 +131,9 @@ def _read(path: str) -> onnx.ModelProto:
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise assorted errors; all mean "unreadable"
         size = os.path.getsize(path)
         hint = " (a file over 2 GB must keep its weights as external data)" if size >= 2**31 else ""
-        raise ModelLoadError(f"not a readable ONNX model: {type(exc).__name__}: {_short(exc)}{hint}", file=path) from None
+        raise ModelLoadError(
+            f"not a readable ONNX model: {type(exc).__name__}: {_short(exc)}{hint}", file=path
+        ) from None
     if not isinstance(model, onnx.ModelProto):
         raise ModelLoadError("not an ONNX ModelProto", file=path)
     return model
@@ -253,9 +252,14 @@ class _Loader:
         if default is not None:
             newest = newest_onnx_opset()
             if default < MIN_OPSET:
-                raise self.error(f"opset {default} is older than {MIN_OPSET}, the oldest kiln reads")
+                raise self.error(
+                    f"opset {default} is older than {MIN_OPSET}, the oldest kiln reads "
+                    f"(onnx.version_converter.convert_version(model, {MIN_OPSET}) can upgrade it)"
+                )
             if default > newest:
-                raise self.error(f"opset {default} is newer than {newest}, the newest the installed onnx knows")
+                raise self.error(
+                    f"opset {default} is newer than {newest}, the newest the installed onnx knows"
+                )
         self.opsets = opsets
 
     def _check_overrides(self, input_shapes: Mapping[str, Sequence[Any]]) -> dict[str, tuple[Dim, ...]]:
@@ -269,13 +273,17 @@ class _Loader:
             if name not in real:
                 names = ", ".join(repr(n) for n in real) or "none"
                 raise self.error(f"input_shapes names {name!r}, which is not a graph input (inputs: {names})")
+            if isinstance(dims, (str, bytes)):
+                raise self.error(f"input_shapes[{name!r}] must be a list of dims, not {dims!r}")
             try:
                 parsed = tuple(_override_dim(d) for d in dims)
             except (TypeError, ValueError) as exc:
                 raise self.error(f"input_shapes[{name!r}]: {exc}") from None
             declared = type_from_proto(real[name].type)
             if not isinstance(declared, TensorType):
-                raise self.error(f"input {name!r} is not a tensor with a known element type; its shape cannot be set")
+                raise self.error(
+                    f"input {name!r} is not a tensor with a known element type; its shape cannot be set"
+                )
             if declared.shape is not None and len(declared.shape) != len(parsed):
                 raise self.error(
                     f"input_shapes[{name!r}] has {len(parsed)} dims but input {name!r} has rank {len(declared.shape)}"
@@ -300,11 +308,23 @@ class _Loader:
         local: dict[str, Value] = {}
         where = context.removeprefix(" ") or "main graph"
         for t in gp.initializer:
-            self._add_constant(kg, local, t.name, lambda t=t: tensor_from_proto(
-                t, model_dir=self.model_dir, what=f"initializer {t.name!r}"), where)
+            self._add_constant(
+                kg,
+                local,
+                t.name,
+                lambda t=t: tensor_from_proto(t, model_dir=self.model_dir, what=f"initializer {t.name!r}"),
+                where,
+            )
         for s in gp.sparse_initializer:
-            self._add_constant(kg, local, s.values.name, lambda s=s: sparse_tensor_from_proto(
-                s, model_dir=self.model_dir, what=f"sparse initializer {s.values.name!r}"), where)
+            self._add_constant(
+                kg,
+                local,
+                s.values.name,
+                lambda s=s: sparse_tensor_from_proto(
+                    s, model_dir=self.model_dir, what=f"sparse initializer {s.values.name!r}"
+                ),
+                where,
+            )
         inputs_seen: set[str] = set()
         for vi in gp.input:
             name = vi.name
@@ -339,7 +359,9 @@ class _Loader:
             if v is None:
                 v = _resolve(vi.name, scopes)
             if v is None:
-                raise self.error(f"graph output {vi.name!r} is not produced by any node, input or initializer ({where})")
+                raise self.error(
+                    f"graph output {vi.name!r} is not produced by any node, input or initializer ({where})"
+                )
             kg.outputs.append(v)
 
     def _add_constant(self, kg: Graph, local: dict[str, Value], name: str, make: Any, where: str) -> Value:
@@ -446,12 +468,18 @@ class _Loader:
         while k not in seen:
             seen[k] = len(walk)
             walk.append(k)
-            k = next(producer[name] for name in deps[k] if name and name in producer and indegree[producer[name]] > 0)
-        cycle = walk[seen[k]:]
+            k = next(
+                producer[name]
+                for name in deps[k]
+                if name and name in producer and indegree[producer[name]] > 0
+            )
+        cycle = walk[seen[k] :]
         first = min(cycle)
         names = " <- ".join(repr(items[c].proto.name or items[c].proto.output[0]) for c in cycle[:6])
         more = " ..." if len(cycle) > 6 else ""
-        raise self.error(f"{_node_text(items[first].proto, items[first].pos, context)}: is part of a cycle ({names}{more})")
+        raise self.error(
+            f"{_node_text(items[first].proto, items[first].pos, context)}: is part of a cycle ({names}{more})"
+        )
 
     # ---- nodes
 
@@ -478,10 +506,14 @@ class _Loader:
             key = (domain, op, version)
             if key not in self._known_ops:
                 if domain == "" and version is None:
-                    raise self.error(f"{_node_text(proto, item.pos, context)}: the model imports no default-domain opset")
+                    raise self.error(
+                        f"{_node_text(proto, item.pos, context)}: the model imports no default-domain opset"
+                    )
                 if lookup(domain, op, version) is None:
                     what = f"opset {version}" if domain == "" else "the kiln dialect"
-                    raise self.error(f"{_node_text(proto, item.pos, context)}: unknown op {op!r} (not in {what})")
+                    raise self.error(
+                        f"{_node_text(proto, item.pos, context)}: unknown op {op!r} (not in {what})"
+                    )
                 self._known_ops.add(key)
             if op == "Constant" and domain == "":
                 self._convert_constant(item, kg, local, context)
@@ -502,12 +534,18 @@ class _Loader:
         if len(proto.attribute):
             for a in proto.attribute:
                 if a.name in attrs:
-                    raise self.error(f"{_node_text(proto, item.pos, context)}: attribute {a.name!r} is given twice")
+                    raise self.error(
+                        f"{_node_text(proto, item.pos, context)}: attribute {a.name!r} is given twice"
+                    )
                 try:
                     if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                        attrs[a.name] = self._convert_graph_attr(item, a, kg, local, scopes, path, context, depth)
+                        attrs[a.name] = self._convert_graph_attr(
+                            item, a, kg, local, scopes, path, context, depth
+                        )
                     else:
-                        attrs[a.name] = attr_from_proto(a, model_dir=self.model_dir, what=f"attribute {a.name!r}")
+                        attrs[a.name] = attr_from_proto(
+                            a, model_dir=self.model_dir, what=f"attribute {a.name!r}"
+                        )
                 except TensorDataError as exc:
                     raise self.error(f"{_node_text(proto, item.pos, context)}: {exc}") from None
         while out_names and not out_names[-1]:

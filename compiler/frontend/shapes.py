@@ -2,10 +2,11 @@
 
 ``onnx.shape_inference.infer_shapes`` (C++) is fast, but it serializes the
 whole model, weights included.  It runs here on a *skeleton*: the same graph
-and functions with every large or external initializer and every large
-``Constant`` turned into a typed graph input, so a multi-gigabyte model costs
-what its graph costs.  Small tensors stay, so ``data_prop`` still follows
-shape computations (Shape -> Gather -> Concat -> Reshape).
+and functions with every initializer and ``Constant`` that shape inference
+has no use for (weights, external data) turned into a typed graph input, so
+a multi-gigabyte model costs what its graph costs.  Integer tensors up to
+4096 elements and any tensor up to 16 stay, so ``data_prop`` still follows
+shape computations (Shape -> Gather -> Concat -> Reshape, Resize scales).
 
 Types are collected per graph *path*: ``()`` for the main graph and
 ``path + (node_index, attribute, k)`` for a subgraph, where ``node_index`` is
@@ -22,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import onnx
 import onnx.shape_inference
+from kiln.ir.dtypes import DType
 from kiln.ir.types import Dim
 
 logger = logging.getLogger(__name__)
@@ -29,42 +31,44 @@ logger = logging.getLogger(__name__)
 Path = tuple
 TypeTable = dict[Path, dict[str, onnx.TypeProto]]
 
-SMALL_TENSOR_BYTES = 1 << 16
-"""Tensors up to this size stay in the skeleton, so data propagation can read them."""
+SHAPE_LIKE_ELEMENTS = 4096
+"""Integer tensors up to this many elements stay in the skeleton: they may be shapes, axes, pads."""
+SMALL_ELEMENTS = 16
+"""Any tensor up to this many elements stays (Resize scales, Range bounds, Clip limits)."""
+
+_INTEGER_TYPES = frozenset(int(d) for d in DType if d.is_integer or d == DType.BOOL)
+_KNOWN_TYPES = frozenset(int(d) for d in DType if d != DType.UNDEFINED)
 
 
-def _declared_nbytes(dims: Sequence[int], data_type: int) -> int:
-    count = math.prod(max(int(d), 0) for d in dims)
-    try:
-        bits = onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8 if data_type != onnx.TensorProto.STRING else 64
-    except Exception:  # noqa: BLE001 - unknown dtype: treat as large
-        return 1 << 62
-    return count * bits // 8
+def _keeps(dims: Sequence[int], data_type: int, external: bool) -> bool:
+    """Whether a tensor goes into the skeleton with its data (only what shape inference may read)."""
+    if external or data_type not in _KNOWN_TYPES:
+        return False
+    count = math.prod(dims)
+    return count <= SMALL_ELEMENTS or (data_type in _INTEGER_TYPES and count <= SHAPE_LIKE_ELEMENTS)
 
 
-def _tensor_value_info(name: str, data_type: int, dims: Sequence[int]) -> onnx.ValueInfoProto:
-    vi = onnx.ValueInfoProto()
+def _fill_value_info(vi: onnx.ValueInfoProto, name: str, data_type: int, dims: Sequence[int]) -> None:
     vi.name = name
     tt = vi.type.tensor_type
     tt.elem_type = data_type
     tt.shape.SetInParent()
     for d in dims:
         tt.shape.dim.add().dim_value = int(d)
-    return vi
 
 
-def _big_constant_type(node: onnx.NodeProto) -> onnx.ValueInfoProto | None:
-    """For a Constant node holding a large tensor: the typed input that replaces it."""
+def _stripped_constant(node: onnx.NodeProto) -> tuple[int, Sequence[int]] | None:
+    """For a Constant node whose tensor inference need not see: its ``(data_type, dims)``."""
     if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
         return None
     for a in node.attribute:
         if a.name == "value" and a.HasField("t"):
             t = a.t
-            if t.data_location == onnx.TensorProto.EXTERNAL or _declared_nbytes(t.dims, t.data_type) > SMALL_TENSOR_BYTES:
-                return _tensor_value_info(node.output[0], t.data_type, t.dims)
+            if not _keeps(t.dims, t.data_type, t.data_location == onnx.TensorProto.EXTERNAL):
+                return t.data_type, t.dims
         if a.name == "sparse_value" and a.HasField("sparse_tensor"):
-            s = a.sparse_tensor
-            return _tensor_value_info(node.output[0], s.values.data_type, s.dims)
+            sp = a.sparse_tensor
+            return sp.values.data_type, sp.dims
     return None
 
 
@@ -113,29 +117,27 @@ def build_skeleton(
         input_names.add(vi.name)
         g.input.append(_override_dims(vi, overrides[vi.name]) if vi.name in overrides else vi)
     for t in src.initializer:
-        small = (
-            t.data_location != onnx.TensorProto.EXTERNAL
-            and not t.HasField("segment")
-            and _declared_nbytes(t.dims, t.data_type) <= SMALL_TENSOR_BYTES
-        )
-        if small:
+        if _keeps(t.dims, t.data_type, t.data_location == onnx.TensorProto.EXTERNAL) and not t.HasField(
+            "segment"
+        ):
             g.initializer.append(t)
         elif t.name not in input_names:
-            g.input.append(_tensor_value_info(t.name, t.data_type, t.dims))
+            _fill_value_info(g.input.add(), t.name, t.data_type, t.dims)
             input_names.add(t.name)
-    for s in src.sparse_initializer:
-        if s.values.name not in input_names:
-            g.input.append(_tensor_value_info(s.values.name, s.values.data_type, s.dims))
-            input_names.add(s.values.name)
+    for sp in src.sparse_initializer:
+        if sp.values.name not in input_names:
+            _fill_value_info(g.input.add(), sp.values.name, sp.values.data_type, sp.dims)
+            input_names.add(sp.values.name)
     index_map: list[int] = []
     nodes = src.node
+    kept = g.node
     for j in order if order is not None else range(len(nodes)):
         node = nodes[j]
-        replacement = _big_constant_type(node)
-        if replacement is not None:
-            g.input.append(replacement)
+        stripped = _stripped_constant(node) if node.op_type == "Constant" else None
+        if stripped is not None:
+            _fill_value_info(g.input.add(), node.output[0], *stripped)
             continue
-        g.node.append(node)
+        kept.append(node)
         index_map.append(j)
     if overrides:
         g.output.extend(_strip_shape(vi) for vi in src.output)
@@ -167,15 +169,15 @@ def collect_types(graph: onnx.GraphProto, index_map: Sequence[int] | None = None
 
 
 def _needs_skeleton(model: onnx.ModelProto) -> bool:
-    """Whether the model holds tensors too large (or external) to hand to inference as they are."""
+    """Whether the model holds tensors that inference need not see (weights, external data)."""
     src = model.graph
     if len(src.sparse_initializer):
         return True
     for t in src.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL or _declared_nbytes(t.dims, t.data_type) > SMALL_TENSOR_BYTES:
+        if not _keeps(t.dims, t.data_type, t.data_location == onnx.TensorProto.EXTERNAL):
             return True
     for node in src.node:
-        if node.op_type == "Constant" and _big_constant_type(node) is not None:
+        if node.op_type == "Constant" and _stripped_constant(node) is not None:
             return True
     return False
 
@@ -243,13 +245,17 @@ def infer_types(
         logger.info("cannot prepare the model for ONNX shape inference: %s", _last_line(exc))
         return None, None
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(
+            skeleton, check_type=True, strict_mode=True, data_prop=True
+        )
     except Exception as strict_exc:  # noqa: BLE001
         found = _type_error(str(strict_exc))
         if found is not None:
             return None, found
         try:
-            inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(
+                skeleton, check_type=False, strict_mode=False, data_prop=True
+            )
         except Exception as exc:  # noqa: BLE001 - inference is best effort; kiln's own inference takes over
             logger.info("ONNX shape inference failed (%s); using kiln's per-node inference", _last_line(exc))
             return None, None

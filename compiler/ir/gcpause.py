@@ -4,7 +4,7 @@ Loading a 100k-node model allocates millions of small objects; the cyclic
 collector then scans the ever-growing heap again and again, which makes
 load and optimize grow faster than the graph.  The IR creates no garbage
 cycles it relies on the collector for, so kiln pauses it around its bulk
-work and runs one collection afterwards.
+work.
 """
 
 from __future__ import annotations

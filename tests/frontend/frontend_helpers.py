@@ -44,8 +44,13 @@ def run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> dict[str,
     return dict(zip(names, sess.run(None, feeds)))
 
 
-def assert_same_outputs(original: onnx.ModelProto | str, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                        *, atol: float = 1e-5) -> None:
+def assert_same_outputs(
+    original: onnx.ModelProto | str,
+    exported: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    *,
+    atol: float = 1e-5,
+) -> None:
     """Both models run on onnxruntime, give the same output names and (nearly) the same values."""
     a = run(original, feeds)
     b = run(exported, feeds)

@@ -34,7 +34,9 @@ def _with_kiln_ops(op: str) -> kiln.ir.Graph:
     with graph.inserting_before(relu):
         for alpha, second in ((2.0, z), (2.0, z), (3.0, z), (0.5, None)):
             inputs = [current, second] if second is not None else [current]
-            node = graph.create_node(op, inputs, {"alpha": alpha}, domain="kiln", output_types=[x.type], name=f"s{alpha}")
+            node = graph.create_node(
+                op, inputs, {"alpha": alpha}, domain="kiln", output_types=[x.type], name=f"s{alpha}"
+            )
             current = node.outputs[0]
     relu.set_input(0, current)
     verify(graph)
@@ -62,7 +64,13 @@ def test_kiln_ops_become_local_functions(kiln_test_op: str) -> None:
     assert names == [kiln_test_op, f"{kiln_test_op}_2", f"{kiln_test_op}_3"]
     assert all(f.domain == "kiln" for f in model.functions)
     calls = [(n.domain, n.op_type) for n in model.graph.node]
-    assert calls == [("kiln", names[0]), ("kiln", names[0]), ("kiln", names[1]), ("kiln", names[2]), ("", "Relu")]
+    assert calls == [
+        ("kiln", names[0]),
+        ("kiln", names[0]),
+        ("kiln", names[1]),
+        ("kiln", names[2]),
+        ("", "Relu"),
+    ]
     out = run(model, FEEDS)
     np.testing.assert_allclose(out["y"], _expected(**FEEDS), rtol=1e-6)
 
@@ -147,7 +155,12 @@ def test_saved_file_permissions_follow_umask(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("np_dtype", "ir"),
-    [(ml_dtypes.bfloat16, 8), (ml_dtypes.float8_e4m3fn, 9), (ml_dtypes.int4, 10), (ml_dtypes.float4_e2m1fn, 11)],
+    [
+        (ml_dtypes.bfloat16, 8),
+        (ml_dtypes.float8_e4m3fn, 9),
+        (ml_dtypes.int4, 10),
+        (ml_dtypes.float4_e2m1fn, 11),
+    ],
 )
 def test_ir_version_is_raised_by_element_types(np_dtype, ir: int) -> None:
     graph = kiln.load(parse(BASE))
@@ -177,3 +190,35 @@ def test_import_kiln_is_lazy() -> None:
         "assert {'load', 'save', 'to_onnx', 'ir', 'Pipeline', 'Pass', 'PassContext', 'optimize', 'compile'} <= set(dir(kiln))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_exported_kiln_functions_load_back_inlined(tmp_path, kiln_test_op: str) -> None:
+    path = tmp_path / "k.onnx"
+    kiln.save(_with_kiln_ops(kiln_test_op), path)
+    graph = kiln.load(path)
+    verify(graph)
+    assert all(n.domain == "" for n in graph)
+    assert [n.loc.index for n in graph if n.op == "Relu"] == [4]
+    np.testing.assert_allclose(run(kiln.to_onnx(graph), FEEDS)["y"], _expected(**FEEDS), rtol=1e-6)
+
+
+def test_model_header_round_trips(tmp_path) -> None:
+    model = parse(BASE)
+    model.doc_string = "a model"
+    model.model_version = 7
+    model.domain = "org.example"
+    model.graph.doc_string = "the graph"
+    path = tmp_path / "h.onnx"
+    onnx.save(model, str(path))
+    graph = kiln.load(path)
+    info = graph.model
+    assert (info.ir_version, info.producer_name, info.producer_version) == (8, "unit", "1.2")
+    assert (info.doc_string, info.model_version, info.source_path) == ("a model", 7, str(path))
+    out = kiln.to_onnx(graph)
+    assert (out.doc_string, out.model_version, out.domain, out.graph.doc_string) == (
+        "a model",
+        7,
+        "org.example",
+        "the graph",
+    )
+    assert out.graph.name == "g"

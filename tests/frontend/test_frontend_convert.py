@@ -35,8 +35,17 @@ def _sample(dtype: DType, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
         return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np_dtype)
     if dtype.is_integer:
         info = ml_dtypes.iinfo(np_dtype) if dtype.itemsize_bits < 8 else np.iinfo(np_dtype)
-        return rng.integers(int(info.min), int(info.max), size=count, endpoint=True, dtype=np.uint64 if info.min >= 0
-                            else np.int64).astype(np_dtype).reshape(shape)
+        return (
+            rng.integers(
+                int(info.min),
+                int(info.max),
+                size=count,
+                endpoint=True,
+                dtype=np.uint64 if info.min >= 0 else np.int64,
+            )
+            .astype(np_dtype)
+            .reshape(shape)
+        )
     values = rng.standard_normal(count).astype(np.float32)
     if dtype == DType.FLOAT8E8M0:
         values = np.abs(values) + 0.5
@@ -68,7 +77,10 @@ def test_meaningless_dim_names_become_unknown() -> None:
     proto.tensor_type.shape.dim[3].dim_value = -1
     assert type_from_proto(proto) == TensorType(DType.FLOAT, (None, None, "batch", None, 3))
     assert type_from_proto(onnx.TypeProto()) is None
-    assert type_from_proto(oh.make_map_type_proto(onnx.TensorProto.INT64, oh.make_tensor_type_proto(1, [1]))) is None
+    assert (
+        type_from_proto(oh.make_map_type_proto(onnx.TensorProto.INT64, oh.make_tensor_type_proto(1, [1])))
+        is None
+    )
 
 
 # --------------------------------------------------------------------------- tensors
@@ -85,7 +97,9 @@ def test_tensor_raw_round_trip_matches_onnx(dtype: DType) -> None:
     _same(back.numpy(), arr)
 
 
-@pytest.mark.parametrize("dtype", [d for d in NUMERIC if d not in (DType.COMPLEX64, DType.COMPLEX128)], ids=lambda d: d.name)
+@pytest.mark.parametrize(
+    "dtype", [d for d in NUMERIC if d not in (DType.COMPLEX64, DType.COMPLEX128)], ids=lambda d: d.name
+)
 def test_tensor_typed_fields(dtype: DType) -> None:
     arr = _sample(dtype, (7,), seed=1)
     proto = oh.make_tensor("t", int(dtype), [7], arr, raw=False)
@@ -152,8 +166,16 @@ def test_sparse_tensor_both_index_layouts() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [1.5, 7, "text", [1.0, 2.5], [1, 2, 3], ["a", "b"], onh.from_array(np.arange(6, dtype=np.int32).reshape(2, 3)),
-     [onh.from_array(np.zeros(2, np.float32)), onh.from_array(np.ones(1, np.int64))]],
+    [
+        1.5,
+        7,
+        "text",
+        [1.0, 2.5],
+        [1, 2, 3],
+        ["a", "b"],
+        onh.from_array(np.arange(6, dtype=np.int32).reshape(2, 3)),
+        [onh.from_array(np.zeros(2, np.float32)), onh.from_array(np.ones(1, np.int64))],
+    ],
     ids=["float", "int", "string", "floats", "ints", "strings", "tensor", "tensors"],
 )
 def test_attributes_round_trip(value) -> None:

@@ -23,10 +23,12 @@ g (float[2,256] x) => (float[2,64] y) {
 def _model_with_weights(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     model = parse(MODEL, check=False)
-    model.graph.initializer.extend([
-        onnx.numpy_helper.from_array(rng.standard_normal((256, 64)).astype(np.float32), "w"),
-        onnx.numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b"),
-    ])
+    model.graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(rng.standard_normal((256, 64)).astype(np.float32), "w"),
+            onnx.numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b"),
+        ]
+    )
     return model
 
 
@@ -86,10 +88,13 @@ def test_offsets_past_2gb_are_mapped_lazily(tmp_path) -> None:
     with open(data, "wb") as f:  # a sparse 2 GB+ file: nothing but the tensor is written
         f.seek(offset)
         f.write(values.tobytes())
-    model = parse("""
+    model = parse(
+        """
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[16] x) => (float[16] y) { y = Add(x, w) }
-    """, check=False)
+    """,
+        check=False,
+    )
     w = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[16])
     w.data_location = onnx.TensorProto.EXTERNAL
     for key, value in (("location", "big.data"), ("offset", str(offset)), ("length", "64")):

@@ -54,14 +54,17 @@ def test_missing_file(tmp_path) -> None:
 
 def test_truncated_file(tmp_path) -> None:
     path = _write(tmp_path, _with_weights())
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     with open(path, "wb") as f:
         f.write(data[: len(data) // 2])
     text = _load_error(path)
     assert text.startswith(f"{path}: ") and "not a readable ONNX model" in text
 
 
-@pytest.mark.parametrize("blob", [b"hello, this is not a model\n", bytes(range(256)) * 3, b"\x08\x07\x3a\xff\xff\xff\xff\x0f"])
+@pytest.mark.parametrize(
+    "blob", [b"hello, this is not a model\n", bytes(range(256)) * 3, b"\x08\x07\x3a\xff\xff\xff\xff\x0f"]
+)
 def test_garbage_bytes(tmp_path, blob: bytes) -> None:
     path = str(tmp_path / "garbage.onnx")
     with open(path, "wb") as f:
@@ -170,12 +173,17 @@ def test_huge_declared_shapes_do_not_allocate(tmp_path) -> None:
 
 
 def _nested_ifs(levels: int) -> onnx.ModelProto:
-    leaf = oh.make_graph([oh.make_node("Identity", ["x"], ["y0"])], "g0", [], [oh.make_tensor_value_info("y0", 1, [1])])
+    leaf = oh.make_graph(
+        [oh.make_node("Identity", ["x"], ["y0"])], "g0", [], [oh.make_tensor_value_info("y0", 1, [1])]
+    )
     inner = leaf
     for level in range(1, levels + 1):
         node = oh.make_node("If", ["c"], [f"y{level}"], then_branch=inner, else_branch=leaf)
         inner = oh.make_graph([node], f"g{level}", [], [oh.make_tensor_value_info(f"y{level}", 1, [1])])
-    inputs = [oh.make_tensor_value_info("x", 1, [1]), oh.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])]
+    inputs = [
+        oh.make_tensor_value_info("x", 1, [1]),
+        oh.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+    ]
     graph = oh.make_graph(inner.node, "main", inputs, list(inner.output))
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
 
@@ -210,9 +218,15 @@ def test_deep_subgraph_nesting(tmp_path) -> None:
 
 def test_long_chain_has_no_recursion_limit(tmp_path) -> None:
     n = 20_000
-    nodes = [oh.make_node("Neg" if i % 2 else "Relu", [f"t{i - 1}" if i else "x"], [f"t{i}"]) for i in range(n)]
-    graph = oh.make_graph(nodes, "chain", [oh.make_tensor_value_info("x", 1, ["N", 8])],
-                          [oh.make_tensor_value_info(f"t{n - 1}", 1, None)])
+    nodes = [
+        oh.make_node("Neg" if i % 2 else "Relu", [f"t{i - 1}" if i else "x"], [f"t{i}"]) for i in range(n)
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "chain",
+        [oh.make_tensor_value_info("x", 1, ["N", 8])],
+        [oh.make_tensor_value_info(f"t{n - 1}", 1, None)],
+    )
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(200)
@@ -279,20 +293,28 @@ def test_external_data_of_a_model_proto_without_folder(external_model) -> None:
 
 
 def test_type_errors_name_the_node(tmp_path) -> None:
-    model = parse("""
+    model = parse(
+        """
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[2] x, int64[2] y) => (z) {
       a = Relu(x)
       z = Add(a, y)
     }
-    """, check=False)
+    """,
+        check=False,
+    )
     model.graph.node[1].name = "adder"
     text = _load_error(_write(tmp_path, model))
-    assert text.endswith("model.onnx node #1 'adder' (onnx.Add): type error: B has inconsistent type tensor(int64)")
-    model = parse("""
+    assert text.endswith(
+        "model.onnx node #1 'adder' (onnx.Add): type error: B has inconsistent type tensor(int64)"
+    )
+    model = parse(
+        """
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[2] x, float[3] y) => (z) {
       z = Add(x, y)
     }
-    """, check=False)
+    """,
+        check=False,
+    )
     assert "node #0 (onnx.Add)" in _load_error(_write(tmp_path, model, "shapes.onnx"))

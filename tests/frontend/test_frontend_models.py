@@ -56,7 +56,7 @@ def test_ppocr_roundtrip(path: str) -> None:
     # every value is typed; the symbolic batch dim survives
     assert all(o.type is not None for n in graph for o in n.outputs)
     x = graph.inputs[0].type
-    assert isinstance(x, TensorType) and isinstance(x.shape[0], str) or x.shape[0] is None
+    assert isinstance(x, TensorType) and (isinstance(x.shape[0], str) or x.shape[0] is None)
     assert graph.model.source_path == os.path.abspath(path)
     assert graph.model.ir_version == source.ir_version
 

@@ -141,15 +141,32 @@ def test_exponential_function_blowup_is_refused() -> None:
     functions = []
     for level in range(1, 40):
         body = [
-            oh.make_node(f"F{level - 1}" if level > 1 else "Relu", ["a"], ["h"], domain="local" if level > 1 else ""),
-            oh.make_node(f"F{level - 1}" if level > 1 else "Relu", ["h"], ["c"], domain="local" if level > 1 else ""),
+            oh.make_node(
+                f"F{level - 1}" if level > 1 else "Relu", ["a"], ["h"], domain="local" if level > 1 else ""
+            ),
+            oh.make_node(
+                f"F{level - 1}" if level > 1 else "Relu", ["h"], ["c"], domain="local" if level > 1 else ""
+            ),
         ]
-        functions.append(oh.make_function("local", f"F{level}", ["a"], ["c"], body,
-                                          [oh.make_opsetid("", 17), oh.make_opsetid("local", 1)]))
-    graph = oh.make_graph([oh.make_node("F39", ["x"], ["y"], domain="local")], "g",
-                          [oh.make_tensor_value_info("x", 1, [2])], [oh.make_tensor_value_info("y", 1, [2])])
-    model = oh.make_model(graph, functions=functions,
-                          opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("local", 1)])
+        functions.append(
+            oh.make_function(
+                "local",
+                f"F{level}",
+                ["a"],
+                ["c"],
+                body,
+                [oh.make_opsetid("", 17), oh.make_opsetid("local", 1)],
+            )
+        )
+    graph = oh.make_graph(
+        [oh.make_node("F39", ["x"], ["y"], domain="local")],
+        "g",
+        [oh.make_tensor_value_info("x", 1, [2])],
+        [oh.make_tensor_value_info("y", 1, [2])],
+    )
+    model = oh.make_model(
+        graph, functions=functions, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("local", 1)]
+    )
     with pytest.raises(ModelLoadError, match="more than"):
         kiln.load(model)
 
@@ -255,7 +272,9 @@ def test_omitted_optional_outputs_round_trip() -> None:
     exported = kiln.to_onnx(graph)
     assert list(exported.graph.node[0].output) == ["", "h"]
     rng = np.random.default_rng(3)
-    feeds = {k: rng.random(s, dtype=np.float32) for k, s in (("x", (2, 1, 3)), ("w", (1, 8, 3)), ("r", (1, 8, 2)))}
+    feeds = {
+        k: rng.random(s, dtype=np.float32) for k, s in (("x", (2, 1, 3)), ("w", (1, 8, 3)), ("r", (1, 8, 2)))
+    }
     assert_same_outputs(model, exported, feeds)
 
 
@@ -286,3 +305,50 @@ def test_value_info_and_output_names_in_export() -> None:
     out = run(exported, {"x": np.array([1.0, -2.0], np.float32)})
     np.testing.assert_array_equal(out[names[2]], out["y"])
     np.testing.assert_array_equal(out["x"], [1.0, -2.0])
+
+
+def test_subgraph_outputs_that_are_outer_values_get_identities() -> None:
+    # onnxruntime refuses the original ("Subgraph output (x) is an outer scope value being returned
+    # directly"); the export puts an Identity in front of each such output, and of a repeated one
+    model = parse(
+        """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x, bool c) => (float[2] y, float[2] w) {
+      k = Constant <value = float[2] {5.0, 6.0}> ()
+      y, w = If (c) <
+        then_branch = t () => (float[2] x, float[2] k) { },
+        else_branch = e () => (float[2] b, float[2] b) { b = Neg(x) }
+      >
+    }
+    """,
+        check=False,
+    )
+    exported = kiln.to_onnx(kiln.load(model))
+    onnx.checker.check_model(exported)
+    branches = {a.name: a.g for a in exported.graph.node[0].attribute}
+    assert [n.op_type for n in branches["then_branch"].node] == ["Identity", "Identity"]
+    assert [n.op_type for n in branches["else_branch"].node] == ["Neg", "Identity"]
+    x = np.array([1.0, 2.0], np.float32)
+    out = run(exported, {"x": x, "c": np.array(True)})
+    np.testing.assert_array_equal(out["w"], [5.0, 6.0])
+    out = run(exported, {"x": x, "c": np.array(False)})
+    np.testing.assert_array_equal(out["y"], -x)
+    np.testing.assert_array_equal(out["w"], -x)
+
+
+@pytest.mark.parametrize("opset", [7, 11, 13, 18, onnx.defs.onnx_opset_version()])
+def test_opsets_from_7_to_newest(opset: int) -> None:
+    model = parse(f"""
+    <ir_version: 3, opset_import: ["" : {opset}]>
+    g (float[2,3] x) => (float[2,3] y) {{
+      s = Add(x, x)
+      t = Sigmoid(s)
+      y = Mul(t, x)
+    }}
+    """)
+    graph = kiln.load(model)
+    assert graph.opsets == {"": opset} and {n.version for n in graph} == {opset}
+    exported = kiln.to_onnx(graph)
+    assert exported.ir_version >= 4 and exported.opset_import[0].version == opset
+    if opset <= 21:  # what the installed onnxruntime runs
+        assert_same_outputs(model, exported, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)})
