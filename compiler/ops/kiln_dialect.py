@@ -46,7 +46,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from kiln.ir.core import AttrKind, Node, Value
 from kiln.ir.types import TensorType
 from kiln.ops.registry import AttrSpec, kiln_op
@@ -101,18 +100,18 @@ _ACT_ATTRS = {
 }
 
 
-def _opset(b: "OpBuilder") -> int:
+def _opset(b: OpBuilder) -> int:
     from kiln.ops.registry import newest_onnx_opset
 
     return b.graph.opsets.get("", 0) or newest_onnx_opset()
 
 
-def _scalar(b: "OpBuilder", value: float, like: Value, name: str) -> Value:
+def _scalar(b: OpBuilder, value: float, like: Value, name: str) -> Value:
     dtype = like.dtype.numpy if like.dtype is not None else np.float32
     return b.const(np.array(value, dtype=dtype), name)
 
 
-def emit_activation(b: "OpBuilder", y: Value, node: Node, slope: Value | None) -> Value:
+def emit_activation(b: OpBuilder, y: Value, node: Node, slope: Value | None) -> Value:
     """Applies ``node``'s fused activation to ``y`` with plain ONNX ops at the builder graph's opset."""
     act, p = activation_params(node)
     v = _opset(b)
@@ -173,13 +172,13 @@ def _trimmed(values: list[Value | None]) -> list[Value | None]:
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
-def _infer_conv_act(ctx: "InferContext") -> "list[Type | None]":
+def _infer_conv_act(ctx: InferContext) -> list[Type | None]:
     from kiln.ops.inference.nn import infer_conv
 
     return infer_conv(ctx)
 
 
-def _decompose_conv_act(b: "OpBuilder", node: Node) -> list[Value]:
+def _decompose_conv_act(b: OpBuilder, node: Node) -> list[Value]:
     conv_attrs: dict[str, Any] = {k: node.attrs[k] for k in _CONV_ATTRS if k in node.attrs}
     y = b.Conv(*_trimmed(list(node.inputs[:3])), **conv_attrs)
     return [emit_activation(b, y, node, node.input(3))]
@@ -206,7 +205,7 @@ kiln_op(
 # --------------------------------------------------------------------------- GemmAct
 
 
-def _rank(t: "Type | None") -> int | None:
+def _rank(t: Type | None) -> int | None:
     return len(t.shape) if isinstance(t, TensorType) and t.shape is not None else None
 
 
@@ -216,7 +215,7 @@ def _swap_last(shape: tuple | None) -> tuple | None:
     return shape[:-2] + (shape[-1], shape[-2])
 
 
-def _infer_gemm_act(ctx: "InferContext") -> "list[Type | None]":
+def _infer_gemm_act(ctx: InferContext) -> list[Type | None]:
     from kiln.ops.inference._util import broadcast_shapes, common_dtype, fail, fmt_shape
     from kiln.ops.inference.nn import _matmul_shape, infer_gemm
 
@@ -240,7 +239,7 @@ def _infer_gemm_act(ctx: "InferContext") -> "list[Type | None]":
     return [TensorType(dtype, out)]
 
 
-def _transpose_last(b: "OpBuilder", x: Value) -> Value:
+def _transpose_last(b: OpBuilder, x: Value) -> Value:
     rank = _rank(x.type)
     if rank is None:
         raise ValueError("GemmAct with transA/transB needs inputs of known rank")
@@ -249,7 +248,7 @@ def _transpose_last(b: "OpBuilder", x: Value) -> Value:
     return b.Transpose(x, perm=perm)
 
 
-def _decompose_gemm_act(b: "OpBuilder", node: Node) -> list[Value]:
+def _decompose_gemm_act(b: OpBuilder, node: Node) -> list[Value]:
     a, w, c = node.input(0), node.input(1), node.input(2)
     assert a is not None and w is not None
     alpha = float(node.attr("alpha", 1.0))

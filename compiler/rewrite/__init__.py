@@ -46,7 +46,7 @@ from kiln.rewrite.driver import GreedyRewriteDriver, RewriteLoopError, apply_rul
 from kiln.rewrite.matcher import Match, Matcher
 from kiln.rewrite.passes import RulesPass, rules_pass
 from kiln.rewrite.pattern import COMMUTATIVE_OPS, P, PatternBuilder
-from kiln.rewrite.rewriter import RewriteBuilder, RewriteListener, RewriteRefused, Rewriter
+from kiln.rewrite.rewriter import RewriteBuilder, RewriteListener, Rewriter, RewriteRefused
 from kiln.rewrite.rule import MatchContext, RewritePattern, Rule, RuleBase, RuleSet, attrs_of, rule
 
 Pattern = P

@@ -102,7 +102,7 @@ class _Worklist(RewriteListener):
 class _Stats(RewriteListener):
     """Counts applications per rule into ``ctx.stats`` (``rules.<rule>``)."""
 
-    def __init__(self, ctx: "PassContext | None", prefix: str) -> None:
+    def __init__(self, ctx: PassContext | None, prefix: str) -> None:
         self.ctx = ctx
         self.prefix = prefix
         self.applied: dict[str, int] = {}
@@ -146,8 +146,8 @@ class GreedyRewriteDriver:
 
     def __init__(
         self,
-        rules: "RuleSet",
-        ctx: "PassContext | None" = None,
+        rules: RuleSet,
+        ctx: PassContext | None = None,
         *,
         pass_name: str = "",
         max_rewrites_per_node: int = DEFAULT_MAX_REWRITES_PER_NODE,
@@ -216,10 +216,9 @@ class GreedyRewriteDriver:
                     generation[created] = (gen, history)
                 if node.graph is not None:
                     generation[node] = (gen, history)
-                if gen > self.max_per_node or done > cap:
-                    if self._loop(node, gen, history, done, cap):
-                        self.applied = dict(stats.applied)
-                        return done
+                if (gen > self.max_per_node or done > cap) and self._loop(node, gen, history, done, cap):
+                    self.applied = dict(stats.applied)
+                    return done
                 break
         self.applied = dict(stats.applied)
         return done
@@ -240,7 +239,7 @@ class GreedyRewriteDriver:
         return True
 
 
-def apply_rules(graph: Graph, rules: "RuleSet", ctx: "PassContext | None" = None, **options: Any) -> int:
+def apply_rules(graph: Graph, rules: RuleSet, ctx: PassContext | None = None, **options: Any) -> int:
     """Applies ``rules`` to ``graph`` to a fixed point; returns the number of rewrites."""
     return GreedyRewriteDriver(rules, ctx, **options).run(graph)
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from kiln.ir.core import Node, Value
 from kiln.ops.registry import lookup
 from kiln.rewrite.pattern import (
@@ -58,10 +59,11 @@ def _node_text(node: Node) -> str:
 
 
 def _normalize_attr(value: Any) -> Any:
-    if isinstance(value, tuple):
+    """Lists for tuples, and floats rounded to float32 (how ONNX stores FLOAT attributes)."""
+    if isinstance(value, (tuple, list)):
         return [_normalize_attr(v) for v in value]
-    if isinstance(value, list):
-        return [_normalize_attr(v) for v in value]
+    if isinstance(value, float):
+        return float(np.float32(value))
     return value
 
 
@@ -78,11 +80,19 @@ class Matcher:
         self._nodes: dict[int, tuple[NodePattern, Node]] = {}
         self._order: list[Node] = []
         self._graph: Any = None
+        self._progress = 0
+        self._best = -1
 
     # ---- reasons
 
     def _fail(self, where: str, why: str) -> None:
-        if self.explain:
+        """Records why the current attempt failed (callers guard with ``if self.explain``).
+
+        Of all the failed attempts (input orders), the one that matched the most
+        pattern items before failing gives the reason: it is the informative one.
+        """
+        if self._progress > self._best:
+            self._best = self._progress
             self.reason = f"{where}: {why}" if where else why
 
     # ---- entry point
@@ -91,13 +101,16 @@ class Matcher:
         """Every match rooted at ``node`` (a generator; stop it once one is used)."""
         self.explain = explain
         self.reason = "no match"
+        self._progress = 0
+        self._best = -1
         self._bind = {}
         self._nodes = {}
         self._order = []
         self._graph = node.graph
         for _ in self._match_node(self.root, node, "", is_root=True):
             outputs = [node.outputs[o.index] for o in self.result_outputs]
-            yield Match(node, list(self._order), dict(self._bind), outputs)
+            nodes = list(dict.fromkeys(self._order))  # a node two patterns matched counts once
+            yield Match(node, nodes, dict(self._bind), outputs)
 
     # ---- binding with undo
 
@@ -121,17 +134,20 @@ class Matcher:
 
     def _match_node(self, pat: NodePattern, node: Node, where: str, *, is_root: bool = False) -> Iterator[None]:
         if node.op not in pat.ops or node.domain != pat.domain:
-            self._fail(where, f"{_node_text(node)} is not {pat.describe()}")
+            if self.explain:
+                self._fail(where, f"{_node_text(node)} is not {pat.describe()}")
             return
         known = self._nodes.get(id(pat))
         if known is not None:
             if known[1] is node:
                 yield
             else:
-                self._fail(where, f"{_node_text(node)} is not the node matched before")
+                if self.explain:
+                    self._fail(where, f"{_node_text(node)} is not the node matched before")
             return
         if not is_root and node.graph is not self._graph:
-            self._fail(where, f"{_node_text(node)} is in another graph")
+            if self.explain:
+                self._fail(where, f"{_node_text(node)} is in another graph")
             return
         if not self._outputs_ok(pat, node, where, is_root):
             return
@@ -144,7 +160,8 @@ class Matcher:
             if fresh is False:
                 for n in fresh_attrs:
                     del self._bind[n]
-                self._fail(where, f"attribute capture {name!r} differs from its earlier binding")
+                if self.explain:
+                    self._fail(where, f"attribute capture {name!r} differs from its earlier binding")
                 return
             if fresh:
                 fresh_attrs.append(name)
@@ -152,10 +169,12 @@ class Matcher:
         if fresh_node is False:
             for n in fresh_attrs:
                 del self._bind[n]
-            self._fail(where, f"capture {pat.capture!r} is bound to another node")
+            if self.explain:
+                self._fail(where, f"capture {pat.capture!r} is bound to another node")
             return
         self._nodes[id(pat)] = (pat, node)
         self._order.append(node)
+        self._progress += 1
         fresh_outs: list[str] = []
         clash = False
         for out_pat in pat.outputs:
@@ -168,13 +187,15 @@ class Matcher:
                     fresh_outs.append(out_pat.name)
         try:
             if clash:
-                self._fail(where, "an output capture is bound to another value")
+                if self.explain:
+                    self._fail(where, "an output capture is bound to another value")
             else:
                 yield from self._match_inputs(pat, node, where)
         finally:
             for n in fresh_outs:
                 del self._bind[n]
             self._order.pop()
+            self._progress -= 1
             del self._nodes[id(pat)]
             self._unbind(pat.capture, fresh_node)
             for n in fresh_attrs:
@@ -183,18 +204,21 @@ class Matcher:
     def _outputs_ok(self, pat: NodePattern, node: Node, where: str, is_root: bool) -> bool:
         n_pat = len(pat.outputs)
         if len(node.outputs) < n_pat:
-            self._fail(where, f"{_node_text(node)} has {len(node.outputs)} outputs, the pattern {n_pat}")
+            if self.explain:
+                self._fail(where, f"{_node_text(node)} has {len(node.outputs)} outputs, the pattern {n_pat}")
             return False
         graph = node.graph
         for extra in node.outputs[n_pat:]:
             if extra.uses or (graph is not None and graph.is_output(extra)):
-                self._fail(where, f"{_node_text(node)} output %{extra.name} is used (the pattern ignores it)")
+                if self.explain:
+                    self._fail(where, f"{_node_text(node)} output %{extra.name} is used (the pattern ignores it)")
                 return False
         if not is_root and (pat.one_use or self.rule_one_use):
             for out in node.outputs[:n_pat]:
                 if len(out.uses) != 1 or (graph is not None and graph.is_output(out)):
                     users = len(out.uses) + (1 if graph is not None and graph.is_output(out) else 0)
-                    self._fail(where, f"{_node_text(node)} output %{out.name} has {users} users, the rule needs one")
+                    if self.explain:
+                        self._fail(where, f"{_node_text(node)} output %{out.name} has {users} users, the rule needs one")
                     return False
         return True
 
@@ -212,18 +236,22 @@ class Matcher:
             value = self._attr_value(node, name)
             if isinstance(constraint, AttrCapture):
                 if constraint.check is not None and not constraint.check(value):
-                    self._fail(where, f"{_node_text(node)} attribute {name}={value!r} refused by its predicate")
+                    if self.explain:
+                        self._fail(where, f"{_node_text(node)} attribute {name}={value!r} refused by its predicate")
                     return None
                 pending.append((constraint.name, value))
                 continue
             if callable(constraint):
                 ok = bool(constraint(value))
             elif isinstance(constraint, (set, frozenset)):
-                ok = _normalize_attr(value) in constraint if not isinstance(value, list) else tuple(value) in constraint
+                norm = _normalize_attr(value)
+                key = tuple(norm) if isinstance(norm, list) else norm
+                ok = any(key == (tuple(c) if isinstance(c, list) else c) for c in map(_normalize_attr, constraint))
             else:
                 ok = _normalize_attr(value) == _normalize_attr(constraint)
             if not ok:
-                self._fail(where, f"{_node_text(node)} attribute {name}={value!r} does not fit {constraint!r}")
+                if self.explain:
+                    self._fail(where, f"{_node_text(node)} attribute {name}={value!r} does not fit {constraint!r}")
                 return None
         return pending
 
@@ -236,7 +264,8 @@ class Matcher:
         pats = list(pat.inputs)
         variadic = pats.pop() if pats and isinstance(pats[-1], Variadic) else None
         if variadic is None and not pat.allow_other_inputs and len(values) > len(pats):
-            self._fail(where, f"{_node_text(node)} has {len(values)} inputs, the pattern {len(pats)}")
+            if self.explain:
+                self._fail(where, f"{_node_text(node)} has {len(values)} inputs, the pattern {len(pats)}")
             return
         head = values[: len(pats)] + [None] * max(0, len(pats) - len(values))
         orders: list[tuple[int, ...]] = [tuple(range(len(pats)))]
@@ -248,7 +277,8 @@ class Matcher:
                 rest = tuple(values[len(pats):])
                 fresh = self._bind_name(variadic.name, rest)
                 if fresh is False:
-                    self._fail(where, f"capture {variadic.name!r} differs from its earlier binding")
+                    if self.explain:
+                        self._fail(where, f"capture {variadic.name!r} differs from its earlier binding")
                     continue
                 try:
                     yield from self._match_list(pats, ordered, node, where, 0, order)
@@ -269,9 +299,13 @@ class Matcher:
         if i == len(pats):
             yield
             return
-        here = f"{where}{'/' if where else ''}input {order[i]} of {node.op_id}"
+        here = f"{where}{'/' if where else ''}input {order[i]} of {node.op_id}" if self.explain else ""
         for _ in self._match_value(pats[i], values[i], here):
-            yield from self._match_list(pats, values, node, where, i + 1, order)
+            self._progress += 1
+            try:
+                yield from self._match_list(pats, values, node, where, i + 1, order)
+            finally:
+                self._progress -= 1
 
     # ---- values
 
@@ -280,13 +314,15 @@ class Matcher:
             if value is None:
                 yield
             else:
-                self._fail(where, f"%{value.name} is present, the pattern wants it omitted")
+                if self.explain:
+                    self._fail(where, f"%{value.name} is present, the pattern wants it omitted")
             return
         if isinstance(pat, OptionalPattern):
             if value is None:
                 fresh = self._bind_name(pat.inner.name, None)
                 if fresh is False:
-                    self._fail(where, f"capture {pat.inner.name!r} differs from its earlier binding")
+                    if self.explain:
+                        self._fail(where, f"capture {pat.inner.name!r} differs from its earlier binding")
                     return
                 try:
                     yield
@@ -296,37 +332,44 @@ class Matcher:
             yield from self._match_value(pat.inner, value, where)
             return
         if value is None:
-            self._fail(where, f"the input is omitted, the pattern wants {pat.describe()}")
+            if self.explain:
+                self._fail(where, f"the input is omitted, the pattern wants {pat.describe()}")
             return
         if isinstance(pat, NodeOutput):
             producer = value.producer
             if producer is None:
                 kind = "a constant" if value.const is not None else "a graph input"
-                self._fail(where, f"%{value.name} is {kind}, not the output of {pat.node.describe()}")
+                if self.explain:
+                    self._fail(where, f"%{value.name} is {kind}, not the output of {pat.node.describe()}")
                 return
             if value.output_index != pat.index:
-                self._fail(where, f"%{value.name} is output {value.output_index}, the pattern wants {pat.index}")
+                if self.explain:
+                    self._fail(where, f"%{value.name} is output {value.output_index}, the pattern wants {pat.index}")
                 return
             yield from self._match_node(pat.node, producer, where)
             return
         if isinstance(pat, ConstPattern):
             const = value.const
             if const is None:
-                self._fail(where, f"%{value.name} is not a constant")
+                if self.explain:
+                    self._fail(where, f"%{value.name} is not a constant")
                 return
             if pat.value is not None or pat.check is not None or pat.scalar or pat.max_rank is not None or pat.dtype:
-                if pat.scalar and const.size != 1:
-                    self._fail(where, f"constant %{value.name} has {const.size} elements, not a scalar")
+                if pat.scalar and const.numel != 1:
+                    if self.explain:
+                        self._fail(where, f"constant %{value.name} has {const.numel} elements, not a scalar")
                     return
                 why = pat.refuse(const.numpy(), const.dtype)
                 if why is not None:
-                    self._fail(where, f"constant %{value.name}: {why}")
+                    if self.explain:
+                        self._fail(where, f"constant %{value.name}: {why}")
                     return
         elif not isinstance(pat, (Var, AnyValue)):
             raise TypeError(f"unknown value pattern {pat!r}")
         fresh = self._bind_name(pat.name, value)
         if fresh is False:
-            self._fail(where, f"%{value.name} is not the value {pat.name!r} matched before")
+            if self.explain:
+                self._fail(where, f"%{value.name} is not the value {pat.name!r} matched before")
             return
         try:
             yield

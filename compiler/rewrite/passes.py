@@ -10,7 +10,6 @@ and overrides :meth:`RulesPass.rule_set`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -25,14 +24,14 @@ class RulesPass(Pass):
     """Applies a rule set with the greedy driver to a fixed point."""
 
     name: ClassVar[str] = ""
-    rules: ClassVar["RuleSet | None"] = None
+    rules: ClassVar[RuleSet | None] = None
 
     max_rewrites_per_node: int = field(
         default=DEFAULT_MAX_REWRITES_PER_NODE,
         metadata={"doc": "ping-pong guard: rewrites in a row of one node and what replaced it"},
     )
 
-    def rule_set(self) -> "RuleSet":
+    def rule_set(self) -> RuleSet:
         """The rules this pass applies (``rules`` unless a subclass picks them from its options)."""
         if self.rules is None:
             raise TypeError(f"pass {self.name!r} has no rules")
@@ -49,7 +48,7 @@ def _class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("-")) + "Pass"
 
 
-def rules_pass(name: str, rules: "RuleSet", summary: str = "", *, doc: str | None = None, module: str | None = None) -> type[RulesPass]:
+def rules_pass(name: str, rules: RuleSet, summary: str = "", *, doc: str | None = None, module: str | None = None) -> type[RulesPass]:
     """A :class:`RulesPass` subclass named ``name`` applying ``rules`` (register it with ``register_pass``).
 
     Args:
@@ -65,16 +64,15 @@ def rules_pass(name: str, rules: "RuleSet", summary: str = "", *, doc: str | Non
         module = sys._getframe(1).f_globals.get("__name__", __name__)
     text = doc or summary or f"Applies the rewrite rules {', '.join(rules.names())}."
     qualname = _class_name(name)
-    cls = type(
+    cls: type[RulesPass] = type(
         qualname,
         (RulesPass,),
         {"__doc__": text, "__module__": module, "__qualname__": qualname, "__annotations__": {}},
     )
-    cls.name = name  # type: ignore[attr-defined]
-    cls.rules = rules  # type: ignore[attr-defined]
-    result = dataclass(frozen=True)(cls)
-    assert dataclasses.is_dataclass(result)
-    return result
+    cls.name = name
+    cls.rules = rules
+    dataclass(frozen=True)(cls)  # a new frozen dataclass (no new fields): decorating returns cls itself
+    return cls
 
 
 __all__ = ["RulesPass", "rules_pass"]

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from kiln.ir.core import canonical_domain, domain_text
 from kiln.ir.dtypes import DType
 
@@ -50,7 +49,7 @@ class ValuePattern:
 
     name: str | None = None
 
-    def named(self, name: str) -> "ValuePattern":
+    def named(self, name: str) -> ValuePattern:
         """This pattern, captured under ``name`` (a fresh copy for unnamed patterns)."""
         raise NotImplementedError
 
@@ -67,7 +66,7 @@ class Var(ValuePattern):
 
     name: str | None
 
-    def named(self, name: str) -> "Var":
+    def named(self, name: str) -> Var:
         return Var(name)
 
     def describe(self) -> str:
@@ -80,7 +79,7 @@ class AnyValue(ValuePattern):
 
     name: str | None = None
 
-    def named(self, name: str) -> "AnyValue":
+    def named(self, name: str) -> AnyValue:
         return AnyValue(name)
 
     def describe(self) -> str:
@@ -107,7 +106,7 @@ class ConstPattern(ValuePattern):
     max_rank: int | None = None
     check: Callable[[np.ndarray], bool] | None = None
 
-    def named(self, name: str) -> "ConstPattern":
+    def named(self, name: str) -> ConstPattern:
         return ConstPattern(name, self.value, self.scalar, self.dtype, self.max_rank, self.check)
 
     def describe(self) -> str:
@@ -146,7 +145,7 @@ class OptionalPattern(ValuePattern):
     def name(self) -> str | None:  # type: ignore[override]
         return self.inner.name
 
-    def named(self, name: str) -> "OptionalPattern":
+    def named(self, name: str) -> OptionalPattern:
         return OptionalPattern(self.inner.named(name))
 
     def describe(self) -> str:
@@ -159,7 +158,7 @@ class Variadic(ValuePattern):
 
     name: str | None = None
 
-    def named(self, name: str) -> "Variadic":
+    def named(self, name: str) -> Variadic:
         return Variadic(name)
 
     def describe(self) -> str:
@@ -178,11 +177,11 @@ class AttrCapture:
 class NodeOutput(ValuePattern):
     """Output ``index`` of a node matching ``node``; captured as ``name`` when set."""
 
-    node: "NodePattern"
+    node: NodePattern
     index: int = 0
     name: str | None = None
 
-    def named(self, name: str) -> "NodeOutput":
+    def named(self, name: str) -> NodeOutput:
         raise TypeError("name a node's outputs with _outputs=[...] in the op call")
 
     def describe(self) -> str:
@@ -224,7 +223,7 @@ class NodePattern:
     def __repr__(self) -> str:
         return f"NodePattern({self.describe()})"
 
-    def walk(self) -> Iterable["NodePattern"]:
+    def walk(self) -> Iterable[NodePattern]:
         """This pattern and every node pattern below it (each once)."""
         seen: set[int] = set()
         stack: list[NodePattern] = [self]
@@ -323,7 +322,7 @@ class P:
         return ConstPattern(name, None, False, dtype, max_rank, check)
 
     @staticmethod
-    def scalar(value: float | int | bool | None = None, name: str | None = None) -> ConstPattern:
+    def scalar(value: float | bool | None = None, name: str | None = None) -> ConstPattern:
         """A one-element constant, equal to ``value`` when given."""
         return ConstPattern(name, value, True)
 

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-
 from kiln.ir.core import Graph, Location, Node, Value
 from kiln.ops.builder import OpBuilder
 from kiln.ops.inference import merge_types
@@ -58,7 +57,7 @@ class RewriteBuilder(OpBuilder):
     location of the matched nodes, and tells the rewriter about each one.
     """
 
-    def __init__(self, rewriter: "Rewriter", graph: Graph, *, before: Node | None, loc: Location) -> None:
+    def __init__(self, rewriter: Rewriter, graph: Graph, *, before: Node | None, loc: Location) -> None:
         super().__init__(graph, before=before, loc=loc)
         self.rewriter = rewriter
         self.constants: list[Value] = []

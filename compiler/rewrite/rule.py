@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from kiln.ir.core import Attr, Graph, Node, Value, canonical_domain
 from kiln.rewrite.matcher import Match, Matcher
 from kiln.rewrite.pattern import NodeOutput, NodePattern, PatternBuilder, ValuePattern, Var, capture_names
-from kiln.rewrite.rewriter import RewriteRefused, Rewriter
+from kiln.rewrite.rewriter import Rewriter, RewriteRefused
 
 if TYPE_CHECKING:
     from kiln.passmanager.base import Pass, PassContext
@@ -67,7 +67,7 @@ class MatchContext:
     root: Node
     nodes: list[Node]
     graph: Graph
-    pass_ctx: "PassContext | None"
+    pass_ctx: PassContext | None
     captures: dict[str, Any]
 
     def is_output(self, value: Value) -> bool:
@@ -88,7 +88,7 @@ class RuleBase:
         """``(domain, op)`` pairs the rule can be rooted at; ``None``: every node."""
         raise NotImplementedError
 
-    def try_apply(self, node: Node, rewriter: Rewriter, ctx: "PassContext | None", explain: bool) -> bool:
+    def try_apply(self, node: Node, rewriter: Rewriter, ctx: PassContext | None, explain: bool) -> bool:
         """Rewrites at ``node`` and returns ``True``, or records why not in ``rewriter.last_reason``."""
         raise NotImplementedError
 
@@ -210,7 +210,7 @@ class Rule(RuleBase):
         """Every structural match at ``node`` (before the check)."""
         return self.matcher.matches(node, explain=explain)
 
-    def try_apply(self, node: Node, rewriter: Rewriter, ctx: "PassContext | None", explain: bool) -> bool:
+    def try_apply(self, node: Node, rewriter: Rewriter, ctx: PassContext | None, explain: bool) -> bool:
         if self._replace is None:
             raise TypeError(f"rule {self.name!r} has no replacement (decorate one with @{self.pattern_fn.__name__}.replace)")
         reason = ""
@@ -249,6 +249,8 @@ class Rule(RuleBase):
             raise ValueError(
                 f"rule {self.name!r}: the replacement gave {len(news)} values for {len(match.outputs)} pattern outputs"
             )
+        if not op.created and all(old is new for old, new in zip(match.outputs, news)):
+            return False, "the replacement returned the matched value itself"
         for old, new in zip(match.outputs, news):
             if not isinstance(new, Value):
                 raise TypeError(f"rule {self.name!r}: the replacement returned {type(new).__name__}, not a Value")
@@ -260,6 +262,7 @@ class Rule(RuleBase):
         for old, new in zip(match.outputs, news):
             rewriter.replace_value(old, new)
         rewriter.erase_dead(match.nodes)
+        _inherit_names(graph, match.outputs, news, op.created)
         rewriter.applied(root, match.nodes)
         return True, ""
 
@@ -274,6 +277,18 @@ def _undo(created: list[Node], constants: list[Value], graph: Graph) -> None:
     for value in constants:
         if value.graph is not None and not value.uses:
             value.graph.remove_constant(value)
+
+
+def _inherit_names(graph: Graph, olds: list[Value], news: list[Value], created: list[Node]) -> None:
+    """A new value takes the name of the value it replaced, once that one is gone (readable output)."""
+    made = {id(n) for n in created}
+    for old, new in zip(olds, news):
+        if old.graph is not None or new.producer is None or id(new.producer) not in made or graph.is_output(new):
+            continue
+        try:
+            graph.rename_value(new, old.name)
+        except ValueError:
+            pass  # the name was taken again meanwhile
 
 
 def _name_created(created: list[Node], root: Node, news: list[Value]) -> None:
@@ -333,7 +348,7 @@ class RewritePattern(RuleBase):
     def match_and_rewrite(self, node: Node, rewriter: Rewriter) -> bool:
         raise NotImplementedError
 
-    def try_apply(self, node: Node, rewriter: Rewriter, ctx: "PassContext | None", explain: bool) -> bool:
+    def try_apply(self, node: Node, rewriter: Rewriter, ctx: PassContext | None, explain: bool) -> bool:
         rewriter.last_reason = ""
         self.pass_ctx = ctx
         try:
@@ -358,7 +373,7 @@ class RuleSet:
     name are an error (statistics are kept by name).
     """
 
-    def __init__(self, rules: Iterable[RuleBase | "RuleSet"] = (), *, name: str = "") -> None:
+    def __init__(self, rules: Iterable[RuleBase | RuleSet] = (), *, name: str = "") -> None:
         flat: list[RuleBase] = []
         for r in rules:
             if isinstance(r, RuleSet):
@@ -384,7 +399,7 @@ class RuleSet:
         self._index: dict[tuple[str, str], list[RuleBase]] | None = None
         self._any: list[RuleBase] = []
 
-    def __add__(self, other: "RuleSet | RuleBase | Sequence[RuleBase]") -> "RuleSet":
+    def __add__(self, other: RuleSet | RuleBase | Sequence[RuleBase]) -> RuleSet:
         if isinstance(other, RuleBase):
             return RuleSet([*self.rules, other])
         if isinstance(other, RuleSet):
@@ -436,7 +451,7 @@ class RuleSet:
         self._index = index
         return index
 
-    def apply(self, graph: Graph, ctx: "PassContext | None" = None, **options: Any) -> int:
+    def apply(self, graph: Graph, ctx: PassContext | None = None, **options: Any) -> int:
         """Runs the greedy driver to a fixed point; returns the number of rewrites.
 
         ``options`` go to :class:`~kiln.rewrite.driver.GreedyRewriteDriver`.
@@ -445,7 +460,7 @@ class RuleSet:
 
         return GreedyRewriteDriver(self, ctx, **options).run(graph)
 
-    def as_pass(self, name: str, summary: str = "", *, doc: str | None = None) -> "type[Pass]":
+    def as_pass(self, name: str, summary: str = "", *, doc: str | None = None) -> type[Pass]:
         """A Pass class (not yet registered) that applies this set: ``register_pass(RULES.as_pass("x", "..."))``."""
         from kiln.rewrite.passes import rules_pass
 

@@ -27,15 +27,24 @@ All arithmetic is done in float64 and rounded once to the weight's dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
-
 from kiln.ir.core import Node, Value
 from kiln.ir.dtypes import DType
-from kiln.rewrite import RewriteBuilder, attrs_of
+from kiln.rewrite import RewriteBuilder, RewriteRefused, attrs_of
+
+T = TypeVar("T")
 
 FLOAT_DTYPES = frozenset({DType.FLOAT, DType.FLOAT16, DType.DOUBLE})
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def must(found: T | str) -> T:
+    """``found`` unless it is a reason (a string): then the replacement declines with it."""
+    if isinstance(found, str):
+        raise RewriteRefused(found)
+    return found
 
 
 def const_array(value: Value | None) -> np.ndarray | None:
@@ -342,6 +351,7 @@ __all__ = [
     "fold_output_affine",
     "input_channel_axis",
     "linear_of",
+    "must",
     "per_channel",
     "rank_of",
     "scale_output_channels",

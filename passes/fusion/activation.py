@@ -25,9 +25,9 @@ import math
 
 from kiln.ir.core import Node, Value
 from kiln.ops.kiln_dialect import FLOAT_MAX
+from kiln.passes.fusion._affine import FLOAT_DTYPES, const_array, fits_into
 from kiln.passmanager.registry import register_pass
 from kiln.rewrite import P, RuleSet, attrs_of, rule
-from kiln.passes.fusion._affine import FLOAT_DTYPES, const_array, fits_into
 
 SIMPLE_ACTIVATIONS = frozenset(
     {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Mish", "Tanh", "Elu", "Gelu", "PRelu"}
@@ -75,7 +75,7 @@ def _act_inputs(op: str, inputs: list[Value | None], slope: Value | None) -> lis
     return inputs
 
 
-def _fused(op, kind: str, producer: Node, inputs: list[Value | None], act: Node) -> Value:  # type: ignore[no-untyped-def]
+def _fused(op, kind: str, producer: Node, inputs: list[Value | None], act: Node) -> Value:
     spec = activation_of(act)
     assert not isinstance(spec, str)
     name, params, extra, slope = spec
@@ -97,19 +97,19 @@ def _check_act(act: Node, y: Value) -> bool | str:
 
 
 @rule("fuse-conv-act")
-def conv_act(op):  # type: ignore[no-untyped-def]
+def conv_act(op):
     """act(Conv(x, W, [B])) -> kiln.ConvAct(x, W, [B])."""
     conv = op.Conv(P.variadic("args"), _outputs=["y"], _one_use=True)
     return op.op(SIMPLE_ACTIVATIONS, conv, _allow_other_inputs=True, _node="act")
 
 
 @conv_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, act: Node, y: Value) -> bool | str:
     return _check_act(act, y)
 
 
 @conv_act.replace
-def _(op, act: Node, y: Value, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+def _(op, act: Node, y: Value, args: tuple) -> Value:
     return _fused(op, "ConvAct", y.producer, list(args), act)  # type: ignore[arg-type]
 
 
@@ -117,31 +117,31 @@ def _(op, act: Node, y: Value, args: tuple) -> Value:  # type: ignore[no-untyped
 
 
 @rule("fuse-gemm-act")
-def gemm_act(op):  # type: ignore[no-untyped-def]
+def gemm_act(op):
     """act(Gemm(A, B, [C])) -> kiln.GemmAct(A, B, [C])."""
     gemm = op.Gemm(P.variadic("args"), _outputs=["y"], _one_use=True)
     return op.op(SIMPLE_ACTIVATIONS, gemm, _allow_other_inputs=True, _node="act")
 
 
 @gemm_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, act: Node, y: Value) -> bool | str:
     return _check_act(act, y)
 
 
 @gemm_act.replace
-def _(op, act: Node, y: Value, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+def _(op, act: Node, y: Value, args: tuple) -> Value:
     return _fused(op, "GemmAct", y.producer, list(args), act)  # type: ignore[arg-type]
 
 
 @rule("fuse-matmul-bias-act")
-def matmul_bias_act(op, a, b, c):  # type: ignore[no-untyped-def]
+def matmul_bias_act(op, a, b, c):
     """act(Add(MatMul(a, b), c)) -> kiln.GemmAct(a, b, c)."""
     mm = op.MatMul(a, b, _outputs=["mm"], _one_use=True)
     return op.op(SIMPLE_ACTIVATIONS, op.Add(mm, c, _outputs=["y"], _one_use=True), _allow_other_inputs=True, _node="act")
 
 
 @matmul_bias_act.check
-def _(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | str:
     if mm.shape is None or c.shape is None or y.shape != mm.shape or c.dtype != mm.dtype:
         return "the bias widens the product, or shapes are unknown"
     if not fits_into(tuple(c.shape), mm.shape):
@@ -150,7 +150,7 @@ def _(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | str:  # type: ign
 
 
 @matmul_bias_act.replace
-def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:  # type: ignore[no-untyped-def]
+def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:
     spec = activation_of(act)
     assert not isinstance(spec, str)
     name, params, extra, slope = spec
@@ -161,18 +161,18 @@ def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:  # type: ignore[no-
 
 
 @rule("fuse-matmul-act")
-def matmul_act(op, a, b):  # type: ignore[no-untyped-def]
+def matmul_act(op, a, b):
     """act(MatMul(a, b)) -> kiln.GemmAct(a, b)."""
     return op.op(SIMPLE_ACTIVATIONS, op.MatMul(a, b, _outputs=["y"], _one_use=True), _allow_other_inputs=True, _node="act")
 
 
 @matmul_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, act: Node, y: Value) -> bool | str:
     return _check_act(act, y)
 
 
 @matmul_act.replace
-def _(op, act: Node, a: Value, b: Value) -> Value:  # type: ignore[no-untyped-def]
+def _(op, act: Node, a: Value, b: Value) -> Value:
     spec = activation_of(act)
     assert not isinstance(spec, str)
     name, params, extra, slope = spec
@@ -189,7 +189,7 @@ def _is_hard_swish_gate(alpha: float) -> bool:
     return abs(alpha - 1.0 / 6.0) < 1e-6
 
 
-def _gated(op, producer_op: str, kind: str):  # type: ignore[no-untyped-def]
+def _gated(op, producer_op: str, kind: str):
     y = op.op(producer_op, P.variadic("args"), _outputs=["y"])
     gate = op.op({"Sigmoid", "HardSigmoid"}, y, _outputs=["g"], _node="gate", _one_use=True)
     return op.Mul(y, gate)
@@ -200,13 +200,13 @@ def _gate_check(y: Value, gate: Node) -> bool | str:
         return "the product is read by more than the gate and the Mul"
     if y.dtype not in FLOAT_DTYPES:
         return f"{y.dtype} is not a float type"
-    if gate.op == "HardSigmoid":
-        if not _is_hard_swish_gate(float(gate.attr("alpha", 0.2))) or float(gate.attr("beta", 0.5)) != 0.5:
-            return "the HardSigmoid is not HardSwish's (alpha 1/6, beta 1/2)"
+    hard_swish = _is_hard_swish_gate(float(gate.attr("alpha", 0.2))) and float(gate.attr("beta", 0.5)) == 0.5
+    if gate.op == "HardSigmoid" and not hard_swish:
+        return "the HardSigmoid is not HardSwish's (alpha 1/6, beta 1/2)"
     return True
 
 
-def _gate_replace(op, kind: str, y: Value, gate: Node, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+def _gate_replace(op, kind: str, y: Value, gate: Node, args: tuple) -> Value:
     producer = y.producer
     assert producer is not None
     name = "Swish" if gate.op == "Sigmoid" else "HardSwish"
@@ -214,34 +214,34 @@ def _gate_replace(op, kind: str, y: Value, gate: Node, args: tuple) -> Value:  #
 
 
 @rule("fuse-conv-swish")
-def conv_swish(op):  # type: ignore[no-untyped-def]
+def conv_swish(op):
     """Mul(y, Sigmoid|HardSigmoid(y)), y = Conv(...) -> kiln.ConvAct(Swish|HardSwish)."""
     return _gated(op, "Conv", "ConvAct")
 
 
 @conv_swish.check
-def _(ctx, y: Value, gate: Node) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, y: Value, gate: Node) -> bool | str:
     return _gate_check(y, gate)
 
 
 @conv_swish.replace
-def _(op, y: Value, gate: Node, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+def _(op, y: Value, gate: Node, args: tuple) -> Value:
     return _gate_replace(op, "ConvAct", y, gate, args)
 
 
 @rule("fuse-gemm-swish")
-def gemm_swish(op):  # type: ignore[no-untyped-def]
+def gemm_swish(op):
     """Mul(y, Sigmoid|HardSigmoid(y)), y = Gemm(...) -> kiln.GemmAct(Swish|HardSwish)."""
     return _gated(op, "Gemm", "GemmAct")
 
 
 @gemm_swish.check
-def _(ctx, y: Value, gate: Node) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, y: Value, gate: Node) -> bool | str:
     return _gate_check(y, gate)
 
 
 @gemm_swish.replace
-def _(op, y: Value, gate: Node, args: tuple) -> Value:  # type: ignore[no-untyped-def]
+def _(op, y: Value, gate: Node, args: tuple) -> Value:
     return _gate_replace(op, "GemmAct", y, gate, args)
 
 

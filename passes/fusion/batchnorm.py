@@ -39,10 +39,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
-
 from kiln.ir.core import Node, Value
-from kiln.passmanager.registry import register_pass
-from kiln.rewrite import P, RuleSet, RulesPass, attrs_of, rule
 from kiln.passes.fusion._affine import (
     FLOAT_DTYPES,
     batchnorm_affine,
@@ -51,14 +48,17 @@ from kiln.passes.fusion._affine import (
     fold_output_affine,
     input_channel_axis,
     linear_of,
+    must,
     per_channel,
     rank_of,
 )
+from kiln.passmanager.registry import register_pass
+from kiln.rewrite import P, RewriteBuilder, RuleSet, RulesPass, attrs_of, rule
 
 _INFERENCE = {"training_mode": lambda v: not v}
 
 
-def _bn(op, x, **kw):  # type: ignore[no-untyped-def]
+def _bn(op, x, **kw):
     """A BatchNormalization pattern over ``x`` with any four parameters."""
     return op.BatchNormalization(x, P.any(), P.any(), P.any(), P.any(), _node="bn", **_INFERENCE, **kw)
 
@@ -67,17 +67,18 @@ def _bn(op, x, **kw):  # type: ignore[no-untyped-def]
 
 
 @rule("fuse-bn-into-linear")
-def bn_after_linear(op):  # type: ignore[no-untyped-def]
+def bn_after_linear(op):
     """BN(Conv|ConvTranspose|Gemm|MatMul(...)) -> the op with scaled weights and bias."""
     return _bn(op, op.op({"Conv", "ConvTranspose", "Gemm", "MatMul"}, P.variadic(), _outputs=["y"], _one_use=True))
 
 
 @bn_after_linear.check
-def _(ctx, bn: Node, y: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, bn: Node, y: Value) -> bool | str:
     affine = batchnorm_affine(bn)
     if isinstance(affine, str):
         return affine
-    lin = linear_of(y.producer)  # type: ignore[arg-type]
+    assert y.producer is not None
+    lin = linear_of(y.producer)
     if isinstance(lin, str):
         return lin
     if lin.axis != 1:
@@ -88,24 +89,23 @@ def _(ctx, bn: Node, y: Value) -> bool | str:  # type: ignore[no-untyped-def]
 
 
 @bn_after_linear.replace
-def _(op, bn: Node, y: Value) -> Value | None:  # type: ignore[no-untyped-def]
-    s, t = batchnorm_affine(bn)  # type: ignore[misc]
-    lin = linear_of(y.producer)  # type: ignore[arg-type]
-    assert not isinstance(lin, str)
-    return fold_output_affine(op, lin, s, t)
+def _(op, bn: Node, y: Value) -> Value | None:
+    s, t = must(batchnorm_affine(bn))
+    assert y.producer is not None
+    return fold_output_affine(op, must(linear_of(y.producer)), s, t)
 
 
 # --------------------------------------------------------------------------- into the consumer
 
 
 @rule("fuse-bn-into-next-linear")
-def bn_before_linear(op, x):  # type: ignore[no-untyped-def]
+def bn_before_linear(op, x):
     """Conv|Gemm|MatMul(BN(x), ...) -> the op reading x, with scaled weights and shifted bias."""
     return op.op({"Conv", "Gemm", "MatMul"}, _bn(op, x), P.variadic(), _node="lin")
 
 
 @bn_before_linear.check
-def _(ctx, bn: Node, lin: Node) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, bn: Node, lin: Node) -> bool | str:
     affine = batchnorm_affine(bn)
     if isinstance(affine, str):
         return affine
@@ -124,14 +124,9 @@ def _(ctx, bn: Node, lin: Node) -> bool | str:  # type: ignore[no-untyped-def]
 
 
 @bn_before_linear.replace
-def _(op, x: Value, bn: Node, lin: Node) -> Value:  # type: ignore[no-untyped-def]
-    s, t = batchnorm_affine(bn)  # type: ignore[misc]
-    view = linear_of(lin)
-    assert not isinstance(view, str)
-    result = fold_input_affine(op, view, x, s, t)
-    if isinstance(result, str):
-        op.refuse(result)
-    return result  # type: ignore[return-value]
+def _(op, x: Value, bn: Node, lin: Node) -> Value:
+    s, t = must(batchnorm_affine(bn))
+    return must(fold_input_affine(op, must(linear_of(lin)), x, s, t))
 
 
 # --------------------------------------------------------------------------- neighbouring Mul/Add
@@ -141,10 +136,13 @@ def _bn_params(bn: Node) -> list[np.ndarray]:
     return [np.asarray(const_array(bn.input(i)), dtype=np.float64).reshape(-1) for i in range(1, 5)]
 
 
-def _rebuilt_bn(op, bn: Node, x: Value, scale, bias, mean, var) -> Value:  # type: ignore[no-untyped-def]
-    dtype = np.asarray(const_array(bn.input(1))).dtype
-    consts = [op.const(np.asarray(a).astype(dtype), (bn.input(i).name if bn.input(i) is not None else "bn"))  # type: ignore[union-attr]
-              for i, a in zip(range(1, 5), (scale, bias, mean, var))]
+def _rebuilt_bn(op: RewriteBuilder, bn: Node, x: Value, *params: np.ndarray) -> Value:
+    """``bn`` over ``x`` with new scale, bias, mean and var (in the old parameters' dtype)."""
+    consts = []
+    for i, data in zip(range(1, 5), params):
+        old = bn.input(i)
+        assert old is not None and old.const is not None
+        consts.append(op.const(np.asarray(data).astype(old.const.numpy().dtype), old.name))
     return op.BatchNormalization(x, *consts, **attrs_of(bn))
 
 
@@ -165,51 +163,51 @@ def _bn_channel_vector(bn: Node, value: Value, c: Value) -> np.ndarray | str:
 
 
 @rule("fuse-mul-into-bn")
-def mul_after_bn(op, x, c=P.const()):  # type: ignore[no-untyped-def]
+def mul_after_bn(op, x):
     """Mul(BN(x), c) -> BN(x) with γ·c, β·c."""
-    return op.Mul(_bn(op, x, _outputs=["y"], _one_use=True), c)
+    return op.Mul(_bn(op, x, _outputs=["y"], _one_use=True), P.const("c"))
 
 
 @mul_after_bn.check
-def _(ctx, bn: Node, y: Value, c: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, bn: Node, y: Value, c: Value) -> bool | str:
     vec = _bn_channel_vector(bn, y, c)
     return vec if isinstance(vec, str) else True
 
 
 @mul_after_bn.replace
-def _(op, x: Value, bn: Node, y: Value, c: Value) -> Value:  # type: ignore[no-untyped-def]
-    vec = _bn_channel_vector(bn, y, c)
+def _(op, x: Value, bn: Node, y: Value, c: Value) -> Value:
+    vec = must(_bn_channel_vector(bn, y, c))
     scale, bias, mean, var = _bn_params(bn)
     return _rebuilt_bn(op, bn, x, scale * vec, bias * vec, mean, var)
 
 
 @rule("fuse-add-into-bn")
-def add_after_bn(op, x, c=P.const()):  # type: ignore[no-untyped-def]
+def add_after_bn(op, x):
     """Add(BN(x), c) -> BN(x) with β + c."""
-    return op.Add(_bn(op, x, _outputs=["y"], _one_use=True), c)
+    return op.Add(_bn(op, x, _outputs=["y"], _one_use=True), P.const("c"))
 
 
 @add_after_bn.check
-def _(ctx, bn: Node, y: Value, c: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, bn: Node, y: Value, c: Value) -> bool | str:
     vec = _bn_channel_vector(bn, y, c)
     return vec if isinstance(vec, str) else True
 
 
 @add_after_bn.replace
-def _(op, x: Value, bn: Node, y: Value, c: Value) -> Value:  # type: ignore[no-untyped-def]
-    vec = _bn_channel_vector(bn, y, c)
+def _(op, x: Value, bn: Node, y: Value, c: Value) -> Value:
+    vec = must(_bn_channel_vector(bn, y, c))
     scale, bias, mean, var = _bn_params(bn)
     return _rebuilt_bn(op, bn, x, scale, bias + vec, mean, var)
 
 
 @rule("fuse-bn-after-mul")
-def bn_after_mul(op, x, c=P.const()):  # type: ignore[no-untyped-def]
+def bn_after_mul(op, x):
     """BN(Mul(x, c)) -> BN(x) with γ·c, μ/c (c nowhere zero)."""
-    return _bn(op, op.Mul(x, c, _outputs=["m"], _one_use=True))
+    return _bn(op, op.Mul(x, P.const("c"), _outputs=["m"], _one_use=True))
 
 
 @bn_after_mul.check
-def _(ctx, bn: Node, m: Value, c: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, bn: Node, m: Value, c: Value) -> bool | str:
     vec = _bn_channel_vector(bn, m, c)
     if isinstance(vec, str):
         return vec
@@ -217,27 +215,27 @@ def _(ctx, bn: Node, m: Value, c: Value) -> bool | str:  # type: ignore[no-untyp
 
 
 @bn_after_mul.replace
-def _(op, x: Value, bn: Node, m: Value, c: Value) -> Value:  # type: ignore[no-untyped-def]
-    vec = _bn_channel_vector(bn, m, c)
+def _(op, x: Value, bn: Node, m: Value, c: Value) -> Value:
+    vec = must(_bn_channel_vector(bn, m, c))
     scale, bias, mean, var = _bn_params(bn)
     return _rebuilt_bn(op, bn, x, scale * vec, bias, mean / vec, var)
 
 
 @rule("fuse-bn-after-add")
-def bn_after_add(op, x, c=P.const()):  # type: ignore[no-untyped-def]
+def bn_after_add(op, x):
     """BN(Add(x, c)) -> BN(x) with μ − c."""
-    return _bn(op, op.Add(x, c, _outputs=["a"], _one_use=True))
+    return _bn(op, op.Add(x, P.const("c"), _outputs=["a"], _one_use=True))
 
 
 @bn_after_add.check
-def _(ctx, bn: Node, a: Value, c: Value) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, bn: Node, a: Value, c: Value) -> bool | str:
     vec = _bn_channel_vector(bn, a, c)
     return vec if isinstance(vec, str) else True
 
 
 @bn_after_add.replace
-def _(op, x: Value, bn: Node, a: Value, c: Value) -> Value:  # type: ignore[no-untyped-def]
-    vec = _bn_channel_vector(bn, a, c)
+def _(op, x: Value, bn: Node, a: Value, c: Value) -> Value:
+    vec = must(_bn_channel_vector(bn, a, c))
     scale, bias, mean, var = _bn_params(bn)
     return _rebuilt_bn(op, bn, x, scale, bias, mean - vec, var)
 
@@ -246,13 +244,13 @@ def _(op, x: Value, bn: Node, a: Value, c: Value) -> Value:  # type: ignore[no-u
 
 
 @rule("fuse-bn-standalone")
-def bn_standalone(op, x):  # type: ignore[no-untyped-def]
+def bn_standalone(op, x):
     """BN(x) -> Add(Mul(x, s), t) with per-channel constants."""
     return _bn(op, x)
 
 
 @bn_standalone.check
-def _(ctx, x: Value, bn: Node) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, x: Value, bn: Node) -> bool | str:
     affine = batchnorm_affine(bn)
     if isinstance(affine, str):
         return affine
@@ -263,8 +261,8 @@ def _(ctx, x: Value, bn: Node) -> bool | str:  # type: ignore[no-untyped-def]
 
 
 @bn_standalone.replace
-def _(op, x: Value, bn: Node) -> Value:  # type: ignore[no-untyped-def]
-    s, t = batchnorm_affine(bn)  # type: ignore[misc]
+def _(op, x: Value, bn: Node) -> Value:
+    s, t = must(batchnorm_affine(bn))
     rank = rank_of(x)
     assert rank is not None and x.dtype is not None
     shape = (-1,) + (1,) * (rank - 2)
@@ -296,7 +294,7 @@ class FuseBatchNorm(RulesPass):
         default="mul-add", metadata={"doc": "a BN nothing absorbs: mul-add (per-channel Mul + Add) or keep"}
     )
 
-    def run(self, graph, ctx) -> bool:  # type: ignore[no-untyped-def]
+    def run(self, graph, ctx) -> bool:
         changed = super().run(graph, ctx)
         if self.standalone == "mul-add":
             changed = BN_STANDALONE_RULES.apply(

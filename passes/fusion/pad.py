@@ -24,11 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from kiln.ir.core import Node, Value
+from kiln.passes.fusion._affine import const_array, rank_of
 from kiln.passmanager.registry import register_pass
 from kiln.rewrite import P, RuleSet, attrs_of, rule
-from kiln.passes.fusion._affine import const_array, rank_of
 
 _CONSUMERS = {"Conv", "AveragePool", "MaxPool"}
 
@@ -122,20 +121,20 @@ def _merged_pads(pad: Node, consumer: Node) -> tuple[list[int], dict[str, Any]] 
 
 
 @rule("fuse-pad")
-def pad_into_consumer(op, x):  # type: ignore[no-untyped-def]
+def pad_into_consumer(op, x):
     """Conv|AveragePool|MaxPool(Pad(x)) -> the op with merged pads."""
     padded = op.Pad(x, P.variadic(), _node="pad", _one_use=True)
     return op.op(_CONSUMERS, padded, P.variadic("rest"), _node="consumer")
 
 
 @pad_into_consumer.check
-def _(ctx, pad: Node, consumer: Node) -> bool | str:  # type: ignore[no-untyped-def]
+def _(ctx, pad: Node, consumer: Node) -> bool | str:
     merged = _merged_pads(pad, consumer)
     return merged if isinstance(merged, str) else True
 
 
 @pad_into_consumer.replace
-def _(op, x: Value, pad: Node, consumer: Node, rest: tuple) -> Value:  # type: ignore[no-untyped-def]
+def _(op, x: Value, pad: Node, consumer: Node, rest: tuple) -> Value:
     merged = _merged_pads(pad, consumer)
     assert not isinstance(merged, str)
     _, changes = merged

@@ -6,5 +6,6 @@ which names this package: importing it imports the modules below, whose
 """
 
 from kiln_example_plugin.count_ops import CountOps
+from kiln_example_plugin.hardswish import HARDSWISH_RULES, FuseHardSwish
 
-__all__ = ["CountOps"]
+__all__ = ["HARDSWISH_RULES", "CountOps", "FuseHardSwish"]

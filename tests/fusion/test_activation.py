@@ -1,0 +1,193 @@
+"""fuse-act and the kiln dialect: kiln.ConvAct / kiln.GemmAct, inference, decompositions on onnxruntime."""
+
+from __future__ import annotations
+
+import kiln
+import numpy as np
+import pytest
+from kiln.ir import DType, Graph, TensorType, verify
+from kiln.ops.inference import infer_node
+from kiln.ops.registry import kiln_ops
+from rewrite_helpers import check_rewrite, const_text, model_text, parse_model
+
+W = const_text("w", (4, 3, 3, 3), 1)
+B = const_text("b", (4,), 2)
+SLOPE = const_text("slope", (4, 1, 1), 3)
+
+# (activation node text, opsets where the ONNX op exists)
+ACTIVATIONS = {
+    "Relu": ("y = Relu(c)", 9),
+    "LeakyRelu": ("y = LeakyRelu<alpha=0.2>(c)", 9),
+    "Sigmoid": ("y = Sigmoid(c)", 9),
+    "HardSigmoid": ("y = HardSigmoid<alpha=0.3, beta=0.4>(c)", 9),
+    "Tanh": ("y = Tanh(c)", 9),
+    "Elu": ("y = Elu<alpha=0.7>(c)", 9),
+    "PRelu": ("y = PRelu(c, slope)", 9),
+    "HardSwish": ("y = HardSwish(c)", 14),
+    "Mish": ("y = Mish(c)", 18),
+    "Gelu": ("y = Gelu(c)", 20),
+    "GeluTanh": ('y = Gelu<approximate="tanh">(c)', 20),
+}
+
+
+@pytest.mark.parametrize(
+    "name, opset", [(n, v) for n in sorted(ACTIVATIONS) for v in (9, 13, 17, 20) if v >= ACTIVATIONS[n][1]]
+)
+def test_conv_activation(name: str, opset: int) -> None:
+    body, _ = ACTIVATIONS[name]
+    text = model_text(
+        "(float[1,3,8,8] x) => (float[1,4,8,8] y)", [W, B, SLOPE], f"c = Conv<pads=[1,1,1,1]>(x, w, b)\n{body}", opset=opset
+    )
+    g, _ = check_rewrite(text, "fuse-act", fired_exactly={"fuse-conv-act": 1}, ops=["kiln.ConvAct"])
+    node = next(iter(g))
+    assert node.attr("activation") == ("Gelu" if name == "GeluTanh" else name)
+    assert node.outputs[0].type == TensorType(DType.FLOAT, (1, 4, 8, 8))
+    verify(g)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_conv_clip(opset: int) -> None:
+    body = "y = Clip<min=0.0, max=6.0>(c)" if opset < 11 else "y = Clip(c, lo, hi)"
+    text = model_text(
+        "(float[1,3,8,8] x) => (float[1,4,8,8] y)",
+        [W, B, "float lo = {0.0}", "float hi = {6.0}"],
+        f"c = Conv<pads=[1,1,1,1]>(x, w, b)\n{body}",
+        opset=opset,
+    )
+    g, _ = check_rewrite(text, "fuse-act", fired_exactly={"fuse-conv-act": 1}, ops=["kiln.ConvAct"])
+    assert next(iter(g)).attr("activation_params") == [0.0, 6.0]
+
+
+def test_clip_with_runtime_bound_stays() -> None:
+    text = model_text(
+        "(float[1,3,8,8] x, float hi) => (float[1,4,8,8] y)",
+        [W, B, "float lo = {0.0}"],
+        "c = Conv<pads=[1,1,1,1]>(x, w, b)\ny = Clip(c, lo, hi)",
+        opset=13,
+    )
+    check_rewrite(text, "fuse-act", fired_exactly={}, ops=["onnx.Conv", "onnx.Clip"],
+                  feed={"x": np.ones((1, 3, 8, 8), np.float32), "hi": np.array(1.0, np.float32)})
+
+
+@pytest.mark.parametrize("gate", ["Sigmoid(c)", "HardSigmoid<alpha=0.16666667, beta=0.5>(c)"])
+def test_conv_swish_and_hardswish_gates(gate: str) -> None:
+    text = model_text(
+        "(float[1,3,8,8] x) => (float[1,4,8,8] y)", [W, B], f"c = Conv<pads=[1,1,1,1]>(x, w, b)\ns = {gate}\ny = Mul(s, c)"
+    )
+    g, _ = check_rewrite(text, "fuse-act", fired_exactly={"fuse-conv-swish": 1}, ops=["kiln.ConvAct"])
+    assert next(iter(g)).attr("activation") == ("Swish" if gate.startswith("Sigmoid") else "HardSwish")
+
+
+def test_shared_conv_output_is_not_fused() -> None:
+    text = model_text(
+        "(float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] c)", [W, B], "c = Conv<pads=[1,1,1,1]>(x, w, b)\ny = Relu(c)"
+    )
+    check_rewrite(text, "fuse-act", fired_exactly={}, ops=["onnx.Conv", "onnx.Relu"])
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_activation(trans_b: int) -> None:
+    w_shape = (5, 6) if trans_b else (6, 5)
+    text = model_text(
+        "(float[3,6] x) => (float[3,5] y)",
+        [const_text("w", w_shape, 1), const_text("b", (5,), 2)],
+        f"c = Gemm<transB={trans_b}, alpha=0.5, beta=2.0>(x, w, b)\ny = LeakyRelu(c)",
+    )
+    check_rewrite(text, "fuse-act", fired_exactly={"fuse-gemm-act": 1}, ops=["kiln.GemmAct"])
+
+
+def test_matmul_bias_gelu_nd() -> None:
+    text = model_text(
+        "(float[2,3,6] x) => (float[2,3,5] y)",
+        [const_text("w", (6, 5), 1), const_text("b", (5,), 2)],
+        "m = MatMul(x, w)\nc = Add(m, b)\ny = Gelu(c)",
+        opset=20,
+    )
+    g, _ = check_rewrite(text, "fuse-act", fired_exactly={"fuse-matmul-bias-act": 1}, ops=["kiln.GemmAct"])
+    assert next(iter(g)).outputs[0].type == TensorType(DType.FLOAT, (2, 3, 5))
+
+
+def test_matmul_act_and_swish_on_gemm() -> None:
+    text = model_text(
+        "(float[3,6] x) => (float[3,5] y, float[3,5] z)",
+        [const_text("w", (6, 5), 1), const_text("v", (6, 5), 2)],
+        "m = MatMul(x, w)\ny = Tanh(m)\ng = Gemm(x, v)\ns = Sigmoid(g)\nz = Mul(g, s)",
+    )
+    check_rewrite(text, "fuse-act", fired_exactly={"fuse-matmul-act": 1, "fuse-gemm-swish": 1},
+                  ops=["kiln.GemmAct", "kiln.GemmAct"])
+
+
+def test_fused_model_exports_a_local_function() -> None:
+    text = model_text("(float[1,3,8,8] x) => (float[1,4,8,8] y)", [W, B], "c = Conv<pads=[1,1,1,1]>(x, w, b)\ny = Relu(c)")
+    g, _ = check_rewrite(text, "fuse-act")
+    model = kiln.to_onnx(g)
+    assert [(n.domain, n.op_type) for n in model.graph.node] == [("kiln", "ConvAct")]
+    assert [f.name for f in model.functions] == ["ConvAct"]
+    inlined = kiln.to_onnx(g, kiln_ops="inline")
+    assert [n.op_type for n in inlined.graph.node] == ["Conv", "Relu"]
+
+
+def test_kiln_ops_are_registered_with_decompositions() -> None:
+    ops = kiln_ops()
+    for name in ("ConvAct", "GemmAct"):
+        assert ops[name].decompose is not None and ops[name].infer is not None
+
+
+def test_gemm_act_inference_nd_with_transposes() -> None:
+    g = Graph()
+    g.opsets = {"": 17}
+    a = g.add_input("a", TensorType(DType.FLOAT, ("N", 4, 6)))
+    b = g.add_input("b", TensorType(DType.FLOAT, (5, 6)))
+    c = g.add_input("c", TensorType(DType.FLOAT, (5,)))
+    node = g.create_node("GemmAct", [a, b, c], {"transB": 1, "activation": "Relu"}, domain="kiln")
+    assert infer_node(node) == [TensorType(DType.FLOAT, ("N", 4, 5))]
+
+
+def test_unknown_activation_is_an_export_error() -> None:
+    from kiln.errors import ExportError
+
+    g = kiln.load(parse_model(model_text("(float[1,3,8,8] x) => (float[1,4,6,6] y)", [W], "y = Conv(x, w)")))
+    conv = next(iter(g))
+    conv.op, conv.domain = "ConvAct", "kiln"
+    conv.set_attr("activation", "Swoosh")
+    with pytest.raises(ExportError, match="unknown fused activation 'Swoosh'"):
+        kiln.to_onnx(g)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    import math
+
+    return np.vectorize(math.erf)(x)
+
+
+REFERENCES = {
+    ("Gelu", "none"): lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))),
+    ("Gelu", "tanh"): lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+    ("Mish", "none"): lambda x: x * np.tanh(np.log1p(np.exp(x))),
+    ("HardSwish", "none"): lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
+    ("Swish", "none"): lambda x: x / (1 + np.exp(-1.5 * x)),
+}
+
+
+@pytest.mark.parametrize("activation, approximate", sorted(REFERENCES))
+@pytest.mark.parametrize("opset", [11, 20])
+def test_decompositions_below_the_ops_opset(activation: str, approximate: str, opset: int) -> None:
+    """ConvAct with an activation whose ONNX op is newer than the model's opset decomposes into older ops."""
+    from rewrite_helpers import run_ort
+
+    g = Graph()
+    g.opsets = {"": opset}
+    x = g.add_input("x", TensorType(DType.FLOAT, (1, 2, 3, 3)))
+    w = g.add_constant("w", np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1))
+    attrs: dict[str, object] = {"activation": activation}
+    if approximate != "none":
+        attrs["approximate"] = approximate
+    if activation == "Swish":
+        attrs["activation_params"] = [1.5]
+    node = g.create_node("ConvAct", [x, w], attrs, domain="kiln", output_types=[TensorType(DType.FLOAT, (1, 2, 3, 3))])
+    g.outputs.append(node.outputs[0])
+    verify(g)
+    feed = {"x": np.linspace(-4, 4, 18, dtype=np.float32).reshape(1, 2, 3, 3)}
+    got = run_ort(kiln.to_onnx(g), feed)[0]
+    want = REFERENCES[(activation, approximate)](feed["x"].astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
