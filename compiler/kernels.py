@@ -45,3 +45,152 @@ def per_channel_absmax(array: np.ndarray, axis: int = 0) -> np.ndarray:
     if _native is not None and arr.dtype.kind in "fiu" and arr.dtype.itemsize <= 8:
         return _native.per_channel_absmax(arr, axis)
     return _numpy_per_channel_absmax(arr, axis)
+
+
+# --------------------------------------------------------------------------- calibration kernels
+
+
+def _flat_real(x: np.ndarray) -> np.ndarray:
+    """``x`` as a contiguous 1-D float32 or float64 array (float16/bfloat16/ints widened)."""
+    arr = np.asarray(x)
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64 if arr.dtype.kind in "iu" and arr.dtype.itemsize >= 4 else np.float32)
+    return np.ascontiguousarray(arr).reshape(-1)
+
+
+def _numpy_array_stats(x: np.ndarray) -> tuple[float, float, float, int, int]:
+    flat = _flat_real(x)
+    finite = flat[np.isfinite(flat)]
+    bad = int(flat.size - finite.size)
+    if finite.size == 0:
+        return float("inf"), float("-inf"), 0.0, 0, bad
+    lo, hi = float(finite.min()), float(finite.max())
+    return lo, hi, max(abs(lo), abs(hi)), int(finite.size), bad
+
+
+def _numpy_hist_add(hist: np.ndarray, x: np.ndarray, exponent: int) -> None:
+    flat = _flat_real(x)
+    mag = np.abs(flat[np.isfinite(flat)]).astype(np.float64)
+    bins = np.floor(mag * np.ldexp(1.0, -exponent)).astype(np.int64)
+    np.minimum(bins, hist.shape[0] - 1, out=bins)
+    hist += np.bincount(bins, minlength=hist.shape[0]).astype(np.int64)
+
+
+def _numpy_hist_coarsen(hist: np.ndarray, shift: int) -> None:
+    if shift <= 0:
+        return
+    n = hist.shape[0]
+    if shift >= 62 or (1 << shift) >= n:
+        total = hist.sum()
+        hist[:] = 0
+        hist[0] = total
+        return
+    group = 1 << shift
+    merged = hist[: (n // group) * group].reshape(-1, group).sum(axis=1)
+    hist[:] = 0
+    hist[: merged.size] = merged
+
+
+def _smooth(d: np.ndarray, eps: float) -> np.ndarray:
+    zeros = d == 0
+    nz = d.size - int(zeros.sum())
+    eps1 = eps * (d.size - nz) / nz
+    return np.where(zeros, d + eps, d - eps1)
+
+
+def _numpy_kl_divergences(hist: np.ndarray, num_levels: int = 128, start: int = 128) -> np.ndarray:
+    h = np.ascontiguousarray(hist, dtype=np.float64)
+    n = h.shape[0]
+    if start < 1 or num_levels < 1 or start < num_levels:
+        raise ValueError("need 1 <= num_levels <= start")
+    if n < start:
+        return np.zeros(0, dtype=np.float64)
+    suffix = np.concatenate([np.cumsum(h[::-1])[::-1], [0.0]])
+    total = suffix[0]
+    out = np.empty(n - start + 1, dtype=np.float64)
+    eps = 1e-4
+    for i in range(start, n + 1):
+        p = h[:i].copy()
+        p[i - 1] += suffix[i]
+        merged = i // num_levels
+        level = np.minimum(np.arange(i) // merged, num_levels - 1)
+        nonzero = p != 0
+        qsum = np.bincount(level, weights=h[:i], minlength=num_levels)
+        nz = np.bincount(level, weights=nonzero, minlength=num_levels)
+        qval = np.divide(qsum, nz, out=np.zeros(num_levels), where=nz > 0)
+        q = np.where(nonzero, qval[level], 0.0)
+        nzp = int(nonzero.sum())
+        nzq = int((q != 0).sum())
+        if nzp == 0 or nzq == 0:
+            out[i - start] = np.inf
+            continue
+        ps = _smooth(p, eps)
+        qs = _smooth(q, eps)
+        if (ps <= 0).any() or (qs <= 0).any():
+            out[i - start] = np.inf
+            continue
+        pn = ps / total
+        qn = qs / qsum.sum()
+        out[i - start] = float(np.sum(pn * np.log(pn / qn)))
+    return out
+
+
+def _numpy_mse_errors(hist: np.ndarray, bin_width: float, qmax: int = 127, start: int = 1) -> np.ndarray:
+    h = np.ascontiguousarray(hist, dtype=np.float64)
+    n = h.shape[0]
+    if start < 1:
+        raise ValueError("start must be >= 1")
+    if n < start:
+        return np.zeros(0, dtype=np.float64)
+    used = np.nonzero(h)[0]
+    counts = h[used]
+    centres = (used + 0.5) * bin_width
+    total = h.sum()
+    out = np.empty(n - start + 1, dtype=np.float64)
+    for i in range(start, n + 1):
+        s = (i * bin_width) / qmax
+        q = np.minimum(np.rint(centres / s), qmax)
+        err = centres - q * s
+        out[i - start] = float(np.sum(counts * err * err)) / total if total > 0 else 0.0
+    return out
+
+
+def array_stats(x: np.ndarray) -> tuple[float, float, float, int, int]:
+    """(min, max, absmax, finite count, non-finite count) over the finite values of ``x``."""
+    flat = _flat_real(x)
+    if _native is not None:
+        return _native.array_stats(flat)  # type: ignore[no-any-return]
+    return _numpy_array_stats(flat)
+
+
+def hist_add(hist: np.ndarray, x: np.ndarray, exponent: int) -> None:
+    """Adds every finite ``|x|`` to ``hist`` (int64) at bin ``floor(|x| / 2**exponent)``, in place."""
+    flat = _flat_real(x)
+    if _native is not None:
+        _native.hist_add(hist, flat, int(exponent))
+    else:
+        _numpy_hist_add(hist, flat, int(exponent))
+
+
+def hist_coarsen(hist: np.ndarray, shift: int) -> None:
+    """Merges each ``2**shift`` consecutive bins of ``hist`` (int64) into one, in place."""
+    if _native is not None:
+        _native.hist_coarsen(hist, int(shift))
+    else:
+        _numpy_hist_coarsen(hist, int(shift))
+
+
+def kl_divergences(hist: np.ndarray, num_levels: int = 128, start: int = 128) -> np.ndarray:
+    """TensorRT's KL(P || Q) for every candidate bin ``start .. len(hist)`` (see :mod:`kiln.calib.kl`)."""
+    h = np.ascontiguousarray(hist, dtype=np.float64)
+    if _native is not None:
+        return _native.kl_divergences(h, int(num_levels), int(start))  # type: ignore[no-any-return]
+    return _numpy_kl_divergences(h, num_levels, start)
+
+
+def mse_errors(hist: np.ndarray, bin_width: float, qmax: int = 127, start: int = 1) -> np.ndarray:
+    """Expected symmetric-quantization MSE at thresholds ``i * bin_width``, ``i = start .. len(hist)``."""
+    h = np.ascontiguousarray(hist, dtype=np.float64)
+    if _native is not None:
+        return _native.mse_errors(h, float(bin_width), int(qmax), int(start))  # type: ignore[no-any-return]
+    return _numpy_mse_errors(h, float(bin_width), qmax, start)

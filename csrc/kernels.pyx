@@ -43,3 +43,217 @@ def per_channel_absmax(cnp.ndarray array not None, int axis=0):
                     best = v
             out_view[c] = best
     return out
+
+
+# --------------------------------------------------------------------------- calibration
+#
+# The calibration hot loop: per-batch statistics, histogram accumulation with
+# power-of-two bin widths (so histograms merge exactly, see kiln.calib.histogram),
+# and the threshold searches (TensorRT's KL divergence, expected MSE).  Each
+# releases the GIL around its loop.  The numpy twins are in kiln.kernels.
+
+from libc.math cimport floor, log, nearbyint, ldexp, isfinite, INFINITY
+
+ctypedef fused real_t:
+    float
+    double
+
+
+def array_stats(real_t[::1] x):
+    """(min, max, absmax, finite count, non-finite count) of ``x``'s finite values.
+
+    An array with no finite value gives (inf, -inf, 0.0, 0, n).
+    """
+    cdef Py_ssize_t i, n = x.shape[0], bad = 0
+    cdef double v, lo = INFINITY, hi = -INFINITY
+    with nogil:
+        for i in range(n):
+            v = x[i]
+            if not isfinite(v):
+                bad += 1
+                continue
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+    absmax = 0.0
+    if n - bad > 0:
+        absmax = max(abs(lo), abs(hi))
+    return lo, hi, absmax, n - bad, bad
+
+
+def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent):
+    """Counts every finite ``|x|`` into bin ``floor(|x| * 2**-exponent)`` of ``hist`` (in place).
+
+    ``|x| * 2**-exponent`` is exact in double precision (a power-of-two scale),
+    so the bin of a value does not depend on how the data was batched.  A bin
+    past the end (the caller grows the exponent first, so only rounding at
+    the very top could cause it) is clamped to the last bin.
+    """
+    cdef Py_ssize_t i, n = x.shape[0], nbins = hist.shape[0], b
+    cdef double scale = ldexp(1.0, -exponent), v
+    with nogil:
+        for i in range(n):
+            v = x[i]
+            if not isfinite(v):
+                continue
+            if v < 0:
+                v = -v
+            b = <Py_ssize_t>floor(v * scale)
+            if b >= nbins:
+                b = nbins - 1
+            hist[b] += 1
+
+
+def hist_coarsen(cnp.int64_t[::1] hist, int shift):
+    """Merges every ``2**shift`` consecutive bins into one, in place (the tail is zeroed).
+
+    Bin ``j`` of the result holds bins ``j * 2**shift .. (j + 1) * 2**shift - 1``
+    of the input: the histogram of the same data at a bin width ``2**shift``
+    times larger.
+    """
+    cdef Py_ssize_t nbins = hist.shape[0], j, k, group
+    cdef cnp.int64_t total
+    if shift <= 0:
+        return
+    with nogil:
+        if shift >= 62 or (<Py_ssize_t>1 << shift) >= nbins:
+            total = 0
+            for k in range(nbins):
+                total += hist[k]
+                hist[k] = 0
+            hist[0] = total
+        else:
+            group = <Py_ssize_t>1 << shift
+            for j in range(nbins // group):
+                total = 0
+                for k in range(j * group, (j + 1) * group):
+                    total += hist[k]
+                hist[j] = total
+            for j in range(nbins // group, nbins):
+                hist[j] = 0
+
+
+cdef double _smooth_log_term(double d, double eps, double eps1) noexcept nogil:
+    return d + eps if d == 0 else d - eps1
+
+
+def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
+    """TensorRT's KL-divergence curve over a histogram of ``|x|``.
+
+    For every candidate ``i`` in ``start .. len(hist)``: the reference P is
+    ``hist[:i]`` with the outliers ``hist[i:]`` added to ``P[i-1]``; Q is
+    ``hist[:i]`` merged into ``num_levels`` levels of ``i // num_levels`` bins
+    (the last level takes the remainder) and expanded back evenly over the
+    bins where P is non-zero; both are smoothed (zeros get ``eps = 1e-4``,
+    non-zeros lose ``eps * zeros / nonzeros``, which keeps the sum) and
+    normalized; the result is KL(P || Q) (``inf`` where Q is empty or a
+    smoothed entry is not positive).  See :mod:`kiln.calib.kl` for the
+    reference and the sources.
+
+    Returns:
+        float64 array of ``len(hist) - start + 1`` divergences (index 0 is ``i = start``).
+    """
+    cdef Py_ssize_t n = hist.shape[0], i, j, k, lo, hi, merged, nz, nzp, nzq
+    cdef double eps = 1e-4
+    cdef double total, sum_p, sum_q, qsum, qval, pj, qj, eps1p, eps1q, kl
+    cdef bint bad
+    if start < 1 or num_levels < 1 or start < num_levels:
+        raise ValueError("need 1 <= num_levels <= start")
+    if n < start:
+        return np.zeros(0, dtype=np.float64)
+    out = np.empty(n - start + 1, dtype=np.float64)
+    cdef double[::1] res = out
+    suffix_arr = np.zeros(n + 1, dtype=np.float64)
+    cdef double[::1] suffix = suffix_arr
+    # Per-level sums and non-zero counts of the current candidate.
+    lev_sum_arr = np.zeros(num_levels, dtype=np.float64)
+    lev_nz_arr = np.zeros(num_levels, dtype=np.int64)
+    cdef double[::1] lev_sum = lev_sum_arr
+    cdef cnp.int64_t[::1] lev_nz = lev_nz_arr
+    with nogil:
+        for j in range(n - 1, -1, -1):
+            suffix[j] = suffix[j + 1] + hist[j]
+        total = suffix[0]
+        for i in range(start, n + 1):
+            merged = i // num_levels
+            nzp = 0
+            nzq = 0
+            sum_q = 0.0
+            for k in range(num_levels):
+                lo = k * merged
+                hi = i if k == num_levels - 1 else lo + merged
+                qsum = 0.0
+                nz = 0
+                for j in range(lo, hi):
+                    qsum = qsum + hist[j]
+                    pj = hist[j] + (suffix[i] if j == i - 1 else 0.0)
+                    if pj != 0:
+                        nz += 1
+                lev_sum[k] = qsum
+                lev_nz[k] = nz
+                nzp += nz
+                if qsum != 0:
+                    nzq += nz
+                sum_q = sum_q + qsum
+            sum_p = total
+            if nzp == 0 or nzq == 0:
+                res[i - start] = INFINITY
+                continue
+            eps1p = eps * (i - nzp) / nzp
+            eps1q = eps * (i - nzq) / nzq
+            kl = 0.0
+            bad = False
+            for k in range(num_levels):
+                lo = k * merged
+                hi = i if k == num_levels - 1 else lo + merged
+                qval = lev_sum[k] / lev_nz[k] if lev_nz[k] > 0 else 0.0
+                for j in range(lo, hi):
+                    pj = hist[j] + (suffix[i] if j == i - 1 else 0.0)
+                    qj = qval if pj != 0 else 0.0
+                    pj = _smooth_log_term(pj, eps, eps1p)
+                    qj = _smooth_log_term(qj, eps, eps1q)
+                    if pj <= 0 or qj <= 0:
+                        bad = True
+                        break
+                    kl = kl + (pj / sum_p) * log((pj / sum_p) / (qj / sum_q))
+                if bad:
+                    break
+            res[i - start] = INFINITY if bad else kl
+    return out
+
+
+def mse_errors(double[::1] hist, double bin_width, int qmax=127, int start=1):
+    """Expected squared error of symmetric quantization at every candidate threshold.
+
+    Candidate ``i`` (``start .. len(hist)``) is the threshold ``T = i * bin_width``
+    with step ``s = T / qmax``; every bin's mass sits at its centre ``c``, which
+    quantizes to ``min(rint(c / s), qmax) * s``.  Returns the mean squared
+    error per candidate (float64, index 0 is ``i = start``).
+    """
+    cdef Py_ssize_t n = hist.shape[0], i, j
+    cdef double total = 0.0, t, s, c, q, err, acc
+    if start < 1:
+        raise ValueError("start must be >= 1")
+    if n < start:
+        return np.zeros(0, dtype=np.float64)
+    out = np.empty(n - start + 1, dtype=np.float64)
+    cdef double[::1] res = out
+    with nogil:
+        for j in range(n):
+            total = total + hist[j]
+        for i in range(start, n + 1):
+            t = i * bin_width
+            s = t / qmax
+            acc = 0.0
+            for j in range(n):
+                if hist[j] == 0:
+                    continue
+                c = (j + 0.5) * bin_width
+                q = nearbyint(c / s)
+                if q > qmax:
+                    q = qmax
+                err = c - q * s
+                acc = acc + hist[j] * err * err
+            res[i - start] = acc / total if total > 0 else 0.0
+    return out

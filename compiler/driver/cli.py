@@ -121,6 +121,8 @@ def _add_compile(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_input_shape(p)
     p.add_argument("--fold-limit", metavar="BYTES", help="largest constant folding may create (e.g. 64M, 1G)")
     p.add_argument("--time-passes", action="store_true", help="report the time of each pass on stderr")
+    p.add_argument("--debug-rules", action="store_true",
+                   help="log, per node, every rewrite rule tried, refused (with the reason) and applied, on stderr")
     p.add_argument(
         "--print-ir-after", action="append", default=[], metavar="PASS[,PASS]",
         help="print the IR to stderr after these passes ('all': every pass; repeatable)",
@@ -219,7 +221,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shape)
     fold_limit = parse_size(args.fold_limit) if args.fold_limit is not None else None
     print_after = [name.strip() for item in args.print_ir_after for name in item.split(",") if name.strip()]
-    writes_stderr = args.time_passes or print_after or args.print_ir_after_change
+    writes_stderr = args.time_passes or print_after or args.print_ir_after_change or args.debug_rules
     progress = Progress(sys.stderr, enabled=False if args.quiet or writes_stderr else None)
     try:
         result = compile_model(
@@ -230,6 +232,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             pipeline=args.pipeline,
             input_shapes=shapes,
             fold_limit=fold_limit,
+            debug_rules=args.debug_rules,
             verify_each=args.verify_each,
             time_passes=args.time_passes,
             print_ir_after=print_after,

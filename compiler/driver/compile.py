@@ -108,6 +108,7 @@ def compile(
     pipeline: str | None = None,
     input_shapes: InputShapes | Sequence[str] | None = None,
     fold_limit: int | None = None,
+    debug_rules: bool = False,
     verify_each: bool = True,
     time_passes: bool = False,
     print_ir_after: Sequence[str] = (),
@@ -131,6 +132,7 @@ def compile(
         input_shapes: input name -> dims (ints or symbol names), or
             ``--input-shape`` strings (``"x:1,3,224,224"``).
         fold_limit: the largest constant (bytes) folding may create.
+        debug_rules: log what every rewrite rule tried, refused and applied.
         verify_each: verify the IR after every pass.
         time_passes, print_ir_after, print_ir_after_change, dump_ir_dir,
             stop_after: pass-manager instruments; their output goes to ``log``.
@@ -185,7 +187,7 @@ def compile(
     from kiln.passmanager.base import PassContext
     from kiln.passmanager.manager import PassManager
 
-    ctx = PassContext(target=target)
+    ctx = PassContext(target=target, debug_rules=debug_rules)
     if fold_limit is not None:
         ctx.fold_limit = fold_limit
     report = None

@@ -24,7 +24,7 @@ PRESETS: dict[str, tuple[str, str]] = {
     "O0": ("", "No optimization."),
     "O1": ("remove-noops,fold-shapes,fold,dce", "One round of cleanup and constant folding."),
     "O2": (
-        "repeat{max=4}(remove-noops,fold-shapes,fold,fuse-bn,fuse-bias,fuse-pad,cse,dce)",
+        "repeat{max=4}(remove-noops,fold-shapes,fold,fold-if,fuse-bn,fuse-bias,fuse-pad,cse,dce)",
         "Cleanup, folding, exact layer fusions (BatchNorm, bias, Pad) and common subexpressions to a fixed point.",
     ),
     "O3": ("O2", "Everything in O2 (more aggressive passes land here)."),

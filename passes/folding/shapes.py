@@ -6,6 +6,8 @@ at compile time.  This pass replaces by constants:
 
 - ``Shape`` (with ``start``/``end``) of a value whose dims in that range are
   static, and ``Size`` of a value with a static shape;
+- pieces of a ``Reshape``'s shape that copy the Reshape input's own dims
+  at the same positions, by zeros (``allowzero=0`` copies them);
 - ``Slice`` of a ``Shape`` by a ``Shape`` with ``start``/``end`` (one node
   instead of two);
 - any integer tensor whose value inference has worked out entirely
@@ -113,6 +115,71 @@ def _slice_of_shape(graph: Graph, node: Node) -> bool:
     return True
 
 
+def _copied_dims(piece: Value, data: Value) -> tuple[int, int] | None:
+    """If ``piece`` is dims ``[k, k+n)`` of ``Shape(data)``, returns ``(k, n)``."""
+    producer = piece.producer
+    if producer is None or producer.domain != "":
+        return None
+    if producer.op == "Shape" and producer.input(0) is data:
+        rank = len(data.shape) if data.shape is not None else None
+        if rank is None:
+            return None
+        dims = _shape_slice(producer, tuple(range(rank)))
+        return (dims[0], len(dims)) if dims and list(dims) == list(range(dims[0], dims[0] + len(dims))) else None
+    source = producer.input(0)
+    if source is None or source.producer is None or not source.producer.is_op("Shape"):
+        return None
+    inner = _copied_dims(source, data)
+    if inner is None or inner[0] != 0:
+        return None
+    consts = [producer.input(i) for i in range(1, len(producer.inputs))]
+    if any(c is None or c.const is None for c in consts[:2]):
+        return None
+    if producer.op == "Gather" and producer.attr("axis", 0) == 0:
+        idx = consts[0].const.numpy()  # type: ignore[union-attr]
+        if idx.ndim == 1 and idx.size == 1 and int(idx[0]) >= 0:
+            return (int(idx[0]), 1)
+    if producer.op == "Slice" and (producer.version or 0) >= 10 and len(consts) >= 2:
+        start, end = (int(c.const.numpy().reshape(-1)[0]) for c in consts[:2])  # type: ignore[union-attr]
+        rest = [c.const.numpy().reshape(-1) if c is not None and c.const is not None else None for c in consts[2:]]
+        if any(r is None for r in rest[: len(consts) - 2]) or any(len(r) != 1 for r in rest if r is not None):
+            return None
+        if (rest and int(rest[0][0]) != 0) or (len(rest) > 1 and int(rest[1][0]) != 1):
+            return None
+        if 0 <= start < end <= inner[1]:
+            return (start, end - start)
+    return None
+
+
+def _reshape_copies_dims(graph: Graph, node: Node) -> bool:
+    """Reshape(x, Concat(..., Shape(x)[i:i+n] at position i, ...)) -> that piece becomes zeros.
+
+    With ``allowzero=0`` a 0 in Reshape's shape copies the input's dim at the
+    same position, so a piece that reads exactly those dims of the Reshape's
+    own input is a constant; once every piece is, the Concat folds away.
+    """
+    if not node.is_op("Reshape") or node.attr("allowzero", 0) != 0:
+        return False
+    data, shape = node.input(0), node.input(1)
+    if data is None or shape is None or shape.producer is None or not shape.producer.is_op("Concat"):
+        return False
+    concat = shape.producer
+    changed = False
+    position = 0
+    for index, piece in enumerate(concat.inputs):
+        if piece is None or piece.shape is None or len(piece.shape) != 1 or not isinstance(piece.shape[0], int):
+            return changed
+        length = piece.shape[0]
+        if piece.const is None:
+            copied = _copied_dims(piece, data)
+            if copied == (position, length):
+                zeros = graph.add_constant(f"{piece.name}_as_zero", np.zeros(length, dtype=np.int64))
+                concat.set_input(index, zeros)
+                changed = True
+        position += length
+    return changed
+
+
 def fold_shapes(graph: Graph) -> int:
     # Value inference records the dims that integer tensors are known to hold
     # (meta["sym_value"]); refresh it, since earlier passes changed the graph.
@@ -122,6 +189,8 @@ def fold_shapes(graph: Graph) -> int:
         for node in g:
             if node.graph is not g or node.subgraphs():
                 continue
+            if _reshape_copies_dims(g, node):
+                folded += 1
             if _slice_of_shape(g, node):
                 folded += 1
                 continue

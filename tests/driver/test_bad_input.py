@@ -142,3 +142,13 @@ def test_absurd_shape_is_not_allocated(tmp_path: Path) -> None:
     if run.returncode == 0:
         result = onnx.load(str(out / "absurd.onnx"))
         assert any(n.op_type == "ConstantOfShape" for n in result.graph.node)
+
+
+def test_debug_rules_explains_refusals(tmp_path: Path) -> None:
+    """--debug-rules logs, per node, the rules tried and why they were refused."""
+    from kiln.examples import example_path
+
+    run = _kiln("compile", str(example_path("resnet50")), "-o", str(tmp_path / "out"), "--debug-rules")
+    assert run.returncode == 0, run.stderr
+    assert "refused:" in run.stderr and "applied" in run.stderr
+    assert "is not onnx.BatchNormalization" in run.stderr
