@@ -149,7 +149,7 @@ def bench(models: list[str], rounds: int, timeout: float, tools: tuple[str, ...]
 
 
 def _cell(row: dict, tool: str) -> str:
-    r = row[tool]
+    r = row.get(tool, {"error": "not run"})
     if "error" in r:
         return r["error"]
     return f"{r['nodes']} / {r['seconds']:.2f}"

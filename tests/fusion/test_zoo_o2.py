@@ -27,9 +27,7 @@ pytestmark = pytest.mark.slow
 
 MODELS = zoo.list_models("ppocr") + zoo.list_models("light") + [m for m in zoo.list_models("timm") if m.endswith("_ts")]
 
-NODE_COUNT_GAPS = {
-    "ppocr_cls": "a Shape -> Slice -> Concat -> Reshape subgraph that onnxslim folds into one Reshape (fold-shapes' job)",
-}
+NODE_COUNT_GAPS: dict[str, str] = {}
 """Models where kiln O2 may still have more nodes than onnxslim, and why (not a fusion)."""
 
 
