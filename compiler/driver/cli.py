@@ -139,6 +139,9 @@ def _add_compile(sub: Any, common: argparse.ArgumentParser) -> None:
         "--load-pass", action="append", default=[], metavar="FILE.py",
         help="register the passes defined in FILE.py (repeatable)",
     )
+    from kiln.calib.cli import add_arguments as add_precision_arguments
+
+    add_precision_arguments(p)
     p.set_defaults(func=cmd_compile)
 
 
@@ -152,16 +155,45 @@ def _add_inspect(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="the ONNX model")
     p.add_argument("--ops", action="store_true", help="add the op histogram, most frequent first")
-    p.add_argument("--ir", action="store_true", help="add the text IR")
+    p.add_argument("--ir", action="store_true", help="add the text IR (with --memory: of the planned graph, offsets included)")
     p.add_argument(
         "--json", action="store_true",
         help="print one JSON object (file, ir_version, producer, opsets, inputs, outputs, nodes, "
-        "constants, constant_bytes, ops; ir with --ir)",
+        "constants, constant_bytes, ops; ir with --ir; memory with --memory)",
     )
     _add_input_shape(p)
-    # --memory (the memory plan as a table and a plot) joins here with the memory-planning
-    # work: a flag here, a section in kiln.driver.inspect_model, a key in the JSON.
+    _add_memory(p)
     p.set_defaults(func=cmd_inspect)
+
+
+def _add_memory(p: argparse.ArgumentParser) -> None:
+    """``kiln inspect --memory``: the memory plan as a summary, a table, JSON and a plot."""
+    g = p.add_argument_group(
+        "memory plan",
+        "--memory optimizes the model (-O, default -O2, as kiln compile does), then plans its activation "
+        "memory (the plan-memory pass): the schedule, every tensor's arena offset, the arena against the "
+        "lower bound (most bytes live at once) and the naive sum, the widest point, the streams. Shapes "
+        "must be static: give symbolic dims with --input-shape. With --json the plan is under \"memory\" "
+        "(arena_bytes, lower_bound_bytes, naive_bytes, and per tensor name, offset, size, first, last).",
+    )
+    g.add_argument("--memory", action="store_true", help="add the memory plan (a summary and the tensor table)")
+    g.add_argument(
+        "--plot", metavar="FILE.png",
+        help="write the plan as a PNG timeline (tensors as rectangles over step x offset; needs matplotlib); "
+        "implies --memory",
+    )
+    g.add_argument(
+        "-O", dest="level", type=int, choices=(0, 1, 2, 3), default=2, metavar="LEVEL",
+        help="with --memory: the optimization preset run before planning (default 2)",
+    )
+    g.add_argument(
+        "--alignment", type=int, default=64, metavar="BYTES",
+        help="with --memory: bytes every size and offset is rounded to (default 64)",
+    )
+    g.add_argument(
+        "--no-reorder", dest="reorder", action="store_false",
+        help="with --memory: plan the ONNX order, without the memory-aware scheduler",
+    )
 
 
 def _add_verify(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -214,11 +246,13 @@ def _version() -> str:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from kiln.calib.cli import compile_kwargs as precision_kwargs
     from kiln.driver.compile import compile as compile_model
     from kiln.driver.options import parse_input_shapes, parse_size
     from kiln.driver.progress import Progress
 
     shapes = parse_input_shapes(args.input_shape)
+    precision = precision_kwargs(args)
     fold_limit = parse_size(args.fold_limit) if args.fold_limit is not None else None
     print_after = [name.strip() for item in args.print_ir_after for name in item.split(",") if name.strip()]
     writes_stderr = args.time_passes or print_after or args.print_ir_after_change or args.debug_rules
@@ -242,6 +276,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             load_passes=args.load_pass,
             log=sys.stderr,
             progress=progress,
+            **precision,
         )
     finally:
         progress.clear()
@@ -256,12 +291,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     graph = load_model(args.model, args.input_shape)
     info = describe(graph, args.model)
+    memory = None
+    if args.memory or args.plot:
+        from kiln.driver.inspect_model import plan_model_memory
+
+        memory = plan_model_memory(graph, level=args.level, alignment=args.alignment, reorder=args.reorder)
+        if args.plot:
+            from kiln.memory.plot import plot_plan
+
+            plot_plan(memory.plan, args.plot, title=f"{os.path.basename(args.model)}: memory plan (-O{args.level})")
+            if not args.quiet:
+                print(f"kiln: note: memory plot written to {args.plot}", file=sys.stderr)
     ir_text = None
     if args.ir:
         from kiln.ir import print_ir
 
         ir_text = print_ir(graph)
     if args.json:
+        if memory is not None:
+            info["memory"] = memory.as_json()
         if ir_text is not None:
             info["ir"] = ir_text
         print(json.dumps(info, indent=2))
@@ -269,6 +317,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     parts = [format_summary(info)]
     if args.ops:
         parts.append(format_ops(info["ops"]))
+    if memory is not None:
+        parts.append(memory.text(tensors=args.memory or not args.plot))
     if ir_text is not None:
         parts.append(ir_text.rstrip("\n"))
     print("\n\n".join(parts))

@@ -120,6 +120,10 @@ def compile(
     stem: str | None = None,
     log: TextIO | None = None,
     progress: Callable[[str], None] | None = None,
+    int8: bool = False,
+    fp16: bool = False,
+    calibration: Any = None,
+    quantize_options: Mapping[str, Any] | None = None,
 ) -> CompileResult:
     """Compiles ``model`` for ``target`` into ``out_dir``.
 
@@ -142,6 +146,12 @@ def compile(
             (``model`` for a Graph: names inside a model never become paths).
         log: where instruments write (default ``sys.stderr``).
         progress: called with a short text as each stage starts.
+        int8: quantize to int8 (the ``quantize`` pass after the optimization
+            pipeline); ``calibration`` (a :class:`kiln.calib.CalibrationConfig`,
+            statistics or a table) feeds it, ``quantize_options`` are its
+            options; the calibration tables are written beside the model
+            (``<stem>.calib.json``, ``.trt.cache``, ``.ncnn.table``).
+        fp16: convert float32 to float16 (the ``fp16`` pass).
 
     Raises:
         kiln.errors.KilnError: any user-caused failure (the subclass says what).
@@ -165,7 +175,12 @@ def compile(
     if not stem or stem in (".", "..") or os.sep in stem or (os.altsep and os.altsep in stem):
         raise UsageError(f"artifact name {stem!r} is not a plain file name")
 
-    level, full_text, parsed = _prepare_pipeline(codegen, level, pipeline, load_passes)
+    from kiln.calib.cli import precision_pipeline
+
+    if int8 and calibration is None:
+        raise UsageError("int8 quantization needs calibration data (--calib DATA)")
+    precision = precision_pipeline(int8, fp16, quantize_options)
+    level, full_text, parsed = _prepare_pipeline(codegen, level, pipeline, load_passes, precision)
     instruments = _instruments(
         time_passes=time_passes,
         print_ir_after=list(print_ir_after),
@@ -187,7 +202,7 @@ def compile(
     from kiln.passmanager.base import PassContext
     from kiln.passmanager.manager import PassManager
 
-    ctx = PassContext(target=target, debug_rules=debug_rules)
+    ctx = PassContext(target=target, debug_rules=debug_rules, calibration=calibration)
     if fold_limit is not None:
         ctx.fold_limit = fold_limit
     report = None
@@ -200,7 +215,9 @@ def compile(
 
     note(f"writing {target}")
     protect = {os.path.realpath(p) for p in _source_files(source, graph)} if source else set()
-    artifacts = _emit(codegen, graph, out, stem, options, protect)
+    calibrated = ctx.extra.get("calibration") if int8 else None
+    extra = calibrated.files(stem) if calibrated is not None else None
+    artifacts = _emit(codegen, graph, out, stem, options, protect, extra)
     return CompileResult(
         source=source,
         target=target,
@@ -223,7 +240,11 @@ def compile(
 
 
 def _prepare_pipeline(
-    codegen: Any, level: int | None, pipeline: str | None, load_passes: Iterable[str | os.PathLike[str]]
+    codegen: Any,
+    level: int | None,
+    pipeline: str | None,
+    load_passes: Iterable[str | os.PathLike[str]],
+    precision: str = "",
 ) -> tuple[int | None, str, Any]:
     """Registers plugin files, then parses preset-or-pipeline plus the target's legalization.
 
@@ -241,7 +262,8 @@ def _prepare_pipeline(
     else:
         level = DEFAULT_LEVEL if level is None else level
         opt_text = _preset(level)
-    full_text = ",".join(t for t in (opt_text.strip(), codegen.legalize_pipeline().strip()) if t)
+    parts = (opt_text.strip(), precision.strip(), codegen.legalize_pipeline().strip())
+    full_text = ",".join(t for t in parts if t)
     return level, full_text, Pipeline.parse(full_text) if full_text else None
 
 
@@ -350,13 +372,27 @@ def _source_bytes(source: str, graph: Graph) -> int:
     return sum(os.path.getsize(p) for p in _source_files(source, graph) if os.path.exists(p))
 
 
-def _emit(codegen: Any, graph: Graph, out: Path, stem: str, options: Mapping[str, Any] | None, protect: set[str]) -> list[Path]:
-    """Emits into a staging folder inside ``out`` and renames the files into place."""
+def _emit(
+    codegen: Any,
+    graph: Graph,
+    out: Path,
+    stem: str,
+    options: Mapping[str, Any] | None,
+    protect: set[str],
+    extra: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Emits into a staging folder inside ``out`` and renames the files into place.
+
+    ``extra`` maps more file names to their text (the calibration tables).
+    """
     created = _missing_parents(out)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".kiln-", dir=out)).resolve()
     try:
         listed = [(staging / p).resolve() for p in codegen.emit(graph, staging, stem, dict(options or {}))]
+        for name, text in (extra or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+            listed.append((staging / name).resolve())
         files = listed + sorted(p for p in staging.rglob("*") if p.is_file() and p not in listed)
         moves = [(f, out / f.relative_to(staging)) for f in files]
         for _, dest in moves:

@@ -1,13 +1,17 @@
-"""``kiln inspect``: what a model holds, as a dict, as text and as JSON."""
+"""``kiln inspect``: what a model holds, as a dict, as text and as JSON; with ``--memory``, its memory plan."""
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from kiln.driver.options import format_size
 from kiln.ir.core import Graph, domain_text
 from kiln.ir.types import format_type
+
+if TYPE_CHECKING:
+    from kiln.memory import MemoryPlan
 
 
 def describe(graph: Graph, file: str) -> dict[str, Any]:
@@ -59,7 +63,6 @@ def format_summary(info: dict[str, Any]) -> str:
             rows.append((key if i == 0 else "", f"{v['name']}: {v['type']}" if v["type"] else v["name"]))
     rows.append(("nodes", str(info["nodes"])))
     rows.append(("constants", f"{info['constants']} ({format_size(info['constant_bytes'])})"))
-    # `kiln inspect --memory` (the memory plan) will add its rows in its own section.
     return "\n".join(f"{k:<12}{v}".rstrip() for k, v in rows)
 
 
@@ -71,3 +74,43 @@ def format_ops(ops: dict[str, int]) -> str:
     lines = [f"ops ({len(ops)} kinds, {sum(ops.values())} nodes):"]
     lines += [f"  {count:>{width}}  {op}" for op, count in ops.items()]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- --memory
+
+
+@dataclass
+class MemorySection:
+    """``kiln inspect --memory``: the plan of the model optimized at ``-O<level>``."""
+
+    plan: MemoryPlan
+    level: int
+    nodes: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The plan's JSON (``kiln.memory.plan_json``), with the level and node count it was made at."""
+        from kiln.memory import plan_json
+
+        return {"level": self.level, "nodes": self.nodes, **plan_json(self.plan)}
+
+    def text(self, *, tensors: bool = True) -> str:
+        from kiln.memory.report import format_plan
+
+        return format_plan(self.plan, tensors=tensors, heading=f"memory plan at -O{self.level}")
+
+
+def plan_model_memory(graph: Graph, *, level: int = 2, alignment: int = 64, reorder: bool = True) -> MemorySection:
+    """Optimizes ``graph`` in place with preset ``O<level>``, then runs ``plan-memory`` on it.
+
+    Raises:
+        KilnError: a pass failed, or a value's size is not static (the message names it).
+    """
+    from kiln.memory import PLAN_KEY
+    from kiln.passmanager.manager import PassManager
+
+    options = f"alignment={alignment}" + ("" if reorder else " reorder=false")
+    pipeline = f"plan-memory{{{options}}}"
+    if level > 0:
+        pipeline = f"O{level},{pipeline}"
+    PassManager(pipeline).run(graph)
+    return MemorySection(graph.meta[PLAN_KEY], level, len(graph))

@@ -637,6 +637,24 @@ class _Loader:
                 untyped.append(value)
         if infer and untyped:
             self._kiln_inference(untyped)
+        if infer:
+            self._check_with_kiln(graph)
+
+    def _check_with_kiln(self, graph: Graph) -> None:
+        """One pass of kiln's own inference over the typed graph.
+
+        ONNX's inference only warns about shapes that can never work (a
+        Reshape of 4 elements into 15); kiln refuses such a model here, naming
+        the node, instead of failing in the middle of a pass.  It also records
+        the dims integer tensors are known to hold, for shape folding.
+        """
+        from kiln.errors import InferenceFailure
+        from kiln.ops.inference import infer_graph
+
+        try:
+            infer_graph(graph)
+        except InferenceFailure as exc:
+            raise ModelLoadError(exc.message, node=exc.node, file=self.label) from None
 
     def _type_error(self, graph: Graph, op: str, name: str, message: str) -> ModelLoadError:
         """The ModelLoadError for a type error ONNX reported by op type and node name."""

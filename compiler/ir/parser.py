@@ -17,8 +17,9 @@ Grammar (EBNF; ``{x}`` is zero or more, ``[x]`` optional)::
     opsets    ::= 'opsets' '(' [domain '=' INT {',' domain '=' INT}] ')'
     decl      ::= VALUE [':' type]
     const     ::= decl '=' 'const' tensor
-    node      ::= [decl {',' decl} '='] op '(' [operand {',' operand}] ')'
+    node      ::= [outdecl {',' outdecl} '='] op '(' [operand {',' operand}] ')'
                   ['{' [attr {',' attr}] '}'] ['v' '=' (INT | '?')] ['name' '=' STRING] [loc]
+    outdecl   ::= decl ['offset' '=' INT]          (* planned arena offset, >= 0 *)
     return    ::= 'return' [VALUE {',' VALUE}]
     operand   ::= VALUE | '_'                      (* '_': an omitted optional input *)
     op        ::= DOTTED | domain '.' (IDENT | STRING)
@@ -45,6 +46,7 @@ Grammar (EBNF; ``{x}`` is zero or more, ``[x]`` optional)::
 
 Semantics: every VALUE used must be defined earlier in the same graph or an
 enclosing one (SSA), and names are unique across a graph and its subgraphs.
+A node output's ``offset=N`` sets ``value.meta["arena_offset"] = N``.
 A node without ``v=`` gets the graph's opset for its domain (``v=?``: none).
 A node without ``name=`` takes its location's name.  A node output or input
 without a type is untyped; a constant without one has its tensor's type.
@@ -71,7 +73,7 @@ import numpy as np
 from kiln.errors import ParseError
 from kiln.ir.core import UNKNOWN_LOCATION, Attr, AttrKind, Graph, Location, Node, Value, canonical_domain
 from kiln.ir.dtypes import DType
-from kiln.ir.printer import MissingTensorData, floats_from_text
+from kiln.ir.printer import ARENA_OFFSET, MissingTensorData, floats_from_text
 from kiln.ir.tensor import Tensor
 from kiln.ir.types import OptionalType, SequenceType, TensorType, Type, parse_type
 
@@ -577,8 +579,11 @@ class _Parser:
         self.defined.add(name)
         scope.append(name)
 
-    def decls(self) -> list[tuple[str, Any, int]]:
-        """``%a: T, %b`` up to (not including) what follows; a missing type is ``_NO_TYPE``."""
+    def decls(self, offsets: dict[str, int] | None = None) -> list[tuple[str, Any, int]]:
+        """``%a: T, %b`` up to (not including) what follows; a missing type is ``_NO_TYPE``.
+
+        With ``offsets``, a declaration may end in ``offset=N``, stored there by name.
+        """
         toks = self.toks
         out: list[tuple[str, Any, int]] = []
         while True:
@@ -588,6 +593,13 @@ class _Parser:
             if toks[self.i] == ":":
                 self.i += 1
                 typ = self.type()
+            if offsets is not None and toks[self.i] == "offset" and toks[self.i + 1] == "=":
+                self.i += 2
+                where = self.i
+                offset = self.integer("an arena offset")
+                if offset < 0:
+                    raise self.error("an arena offset cannot be negative", where)
+                offsets[name] = offset
             out.append((name, typ, at))
             if toks[self.i] != ",":
                 return out
@@ -771,16 +783,21 @@ class _Parser:
         while True:
             tok = toks[self.i]
             if tok[:1] == "%":
-                decls = self.decls()
+                offsets: dict[str, int] = {}
+                decls = self.decls(offsets)
                 if toks[self.i] != "=":
                     raise self.error(f"expected ',' or '=' after a value, found {self.describe(self.i)}")
                 self.i += 1
                 if toks[self.i] == "const":
                     if len(decls) != 1:
                         raise self.error("a constant defines exactly one value", decls[1][2])
+                    if offsets:
+                        raise self.error("a constant has no arena offset", decls[0][2])
                     self.const(g, decls[0], scope)
                 else:
                     self.node(g, decls, scope)
+                    for vname, offset in offsets.items():
+                        self.visible[vname].meta[ARENA_OFFSET] = offset
             elif tok == "return":
                 return
             elif tok in ("}", ""):

@@ -18,9 +18,14 @@ types, constants (inline ``dense<...>`` up to ``inline_limit`` elements, else
 ``#sha1=`` + ``Tensor.checksum()``), every node's op, version (only when it is
 not the graph's opset for its domain), inputs, attributes, name (only when it
 is not the location's name) and location; graph inputs, outputs and opsets; and
-the model facts that differ from ``ModelInfo()``'s defaults.  Not printed:
-``meta`` dicts, doc strings of graphs, ``ModelInfo.source_path`` and
-``ModelInfo.functions``.
+the model facts that differ from ``ModelInfo()``'s defaults; and a node
+output's planned arena offset (``value.meta["arena_offset"]``, a non-negative
+``int`` set by ``plan-memory``) as ``offset=N`` after its type::
+
+      %y: f32[1,64,56,56] offset=802816 = onnx.Relu(%x)
+
+Not printed: the rest of the ``meta`` dicts, doc strings of graphs,
+``ModelInfo.source_path`` and ``ModelInfo.functions``.
 
 Numbers print so that they parse back to the same bits: attribute floats with
 ``repr``; tensor floats with the shortest decimal that converts back to the
@@ -42,6 +47,9 @@ from kiln.ir.types import TensorType, format_type
 
 DEFAULT_INLINE_LIMIT = 16
 """Constants with at most this many elements print inline by default."""
+
+ARENA_OFFSET = "arena_offset"
+"""``value.meta`` key of a node output's planned arena offset (``kiln.memory``), printed as ``offset=N``."""
 
 
 class MissingTensorData(ValueError):
@@ -327,8 +335,15 @@ class _Printer:
             head += f": {self.type_text(v.type)}"
         return f"{head} = const {self.tensor(t)}"
 
+    def output_decl(self, v: Value) -> str:
+        """A node output's declaration, with its planned arena offset when it has one."""
+        offset = v.meta.get(ARENA_OFFSET) if v.meta else None
+        if offset.__class__ is int and offset >= 0:  # type: ignore[union-attr, operator]
+            return f"{self.decl(v)} offset={offset}"
+        return self.decl(v)
+
     def node(self, node: Node, indent: int, opsets: dict[str, int]) -> str:
-        decl = self.decl
+        decl = self.output_decl
         text = ", ".join([decl(o) for o in node.outputs])
         if text:
             text += " = "
@@ -456,6 +471,7 @@ def format_node(node: Node, *, inline_limit: int = DEFAULT_INLINE_LIMIT) -> str:
     return _Printer(False, inline_limit).node(node, 0, opsets)
 
 __all__ = [
+    "ARENA_OFFSET",
     "DEFAULT_INLINE_LIMIT",
     "MissingTensorData",
     "floats_from_text",

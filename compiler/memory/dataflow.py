@@ -27,9 +27,10 @@ In-place reuse
 An output ``y`` of a node ``n`` may be written over an input ``x`` of ``n``
 (``y`` takes ``x``'s buffer, so the two count once at ``n``) exactly when:
 
-1. ``n`` is an elementwise op of :data:`ELEMENTWISE` (``x`` one of the
-   inputs listed there for it) or a view op of :data:`VIEWS` (``x`` its data
-   input), of the ``onnx`` domain (or a ``kiln`` activation);
+1. ``n`` is an ``onnx``-domain elementwise op of :data:`ELEMENTWISE` (``x``
+   one of the inputs listed there for it), a ``kiln`` activation of
+   :data:`KILN_ELEMENTWISE` (``x`` its input 0), or a view op of
+   :data:`VIEWS` (``y`` its first output, ``x`` its input 0);
 2. ``x`` and ``y`` are both arena tensors, so neither is a graph input, a
    constant or a graph output;
 3. for an elementwise op, ``x`` has ``y``'s shape and element width (no
@@ -197,51 +198,62 @@ def build_dataflow(graph: Graph, alignment: int = DEFAULT_ALIGNMENT) -> Dataflow
     index = {node: i for i, node in enumerate(nodes)}
     outputs_of_graph = {id(v) for v in graph.outputs}
     flow = Dataflow(graph, alignment, nodes, [[] for _ in nodes], [[] for _ in nodes])
+    values, nbytes, size, producer, consumers = (
+        flow.values,
+        flow.nbytes,
+        flow.size,
+        flow.producer,
+        flow.consumers,
+    )
     tensor_of: dict[int, int] = {}
+    by_type: dict[object, int] = {}  # types are shared, immutable objects: size each once
     for i, node in enumerate(nodes):
         outs: list[int] = []
         for v in node.outputs:
             if id(v) in outputs_of_graph:
                 continue
-            n = value_nbytes(v)
-            tensor_of[id(v)] = len(flow.values)
-            outs.append(len(flow.values))
-            flow.values.append(v)
-            flow.nbytes.append(n)
-            flow.size.append(align_up(n, alignment))
-            flow.producer.append(i)
-            flow.consumers.append([])
+            try:
+                n = by_type[v.type]
+            except (KeyError, TypeError):
+                n = value_nbytes(v)
+                by_type[v.type] = n
+            t = len(values)
+            tensor_of[id(v)] = t
+            outs.append(t)
+            values.append(v)
+            nbytes.append(n)
+            size.append(-(-n // alignment) * alignment)
+            producer.append(i)
+            consumers.append([])
         flow.outputs.append(outs)
+    preds, succs = flow.preds, flow.succs
     for i, node in enumerate(nodes):
-        reads = [v for v in node.inputs if v is not None]
+        reads = node.inputs
         if node.subgraphs():
-            reads += _outer_reads(node, graph)
-        seen_nodes: set[int] = set()
-        seen_tensors: set[int] = set()
+            reads += tuple(_outer_reads(node, graph))
+        mine = preds[i]
         ins: list[int] = []
         for v in reads:
+            if v is None:
+                continue
             p = v.producer
             if p is None or p.graph is not graph:
                 continue
             j = index[p]
-            if j not in seen_nodes:
-                seen_nodes.add(j)
-                flow.preds[i].append(j)
-                flow.succs[j].append(i)
-            t = tensor_of.get(id(v))
-            if t is not None and t not in seen_tensors:
-                seen_tensors.add(t)
-                ins.append(t)
-                flow.consumers[t].append(i)
+            if j not in mine:
+                mine.append(j)
+                succs[j].append(i)
+            read = tensor_of.get(id(v))
+            if read is not None and read not in ins:
+                ins.append(read)
+                consumers[read].append(i)
         flow.inputs.append(ins)
-        flow.inplace.append(_inplace_pairs(node, tensor_of, flow.nbytes))
+        flow.inplace.append(_inplace_pairs(node, tensor_of, nbytes))
     return flow
 
 
 def _inplace_pairs(node: Node, tensor_of: dict[int, int], nbytes: list[int]) -> list[tuple[int, int]]:
     """Conditions 1-3 and 5 of the in-place rule (module docstring), as (output, input) pairs."""
-    if node.subgraphs() or not node.outputs:
-        return []
     op, domain = node.op, node.domain
     view = False
     if domain == "":
@@ -253,7 +265,7 @@ def _inplace_pairs(node: Node, tensor_of: dict[int, int], nbytes: list[int]) -> 
         allowed = (0,)
     else:
         return []
-    if not allowed:
+    if not allowed or not node.outputs or node.subgraphs():
         return []
     ins = node.inputs
     positions = range(len(ins)) if allowed == (ALL_INPUTS,) else [k for k in allowed if k < len(ins)]

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from kiln.memory.dataflow import Dataflow
 
 
@@ -101,7 +100,9 @@ def compute_liveness(flow: Dataflow, order: Sequence[int], *, inplace: bool = Tr
     profile = live_profile(buf_first, buf_last, buf_size, len(order))
     bound = int(profile.max()) if len(profile) else 0
     peak = int(np.argmax(profile)) if len(profile) else -1
-    return Liveness(order, first, last, shares, buffer, buf_first, buf_last, buf_size, profile, bound, peak, sum(size))
+    return Liveness(
+        order, first, last, shares, buffer, buf_first, buf_last, buf_size, profile, bound, peak, sum(size)
+    )
 
 
 def live_profile(first: Sequence[int], last: Sequence[int], size: Sequence[int], steps: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Memory passes: ``plan-memory`` (liveness, memory-aware scheduling, arena planning, streams)."""
