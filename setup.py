@@ -110,6 +110,7 @@ setup(
         "tflite": ["ai-edge-litert", "flatbuffers"],
         "tensorrt": ["tensorrt"],
         "plot": ["matplotlib"],
+        "calib": ["pillow>=10"],  # calibration from a folder of images (kiln.calib.images)
     },
     entry_points={
         "console_scripts": ["kiln = kiln.driver.cli:main"],

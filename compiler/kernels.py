@@ -112,8 +112,7 @@ def _numpy_kl_divergences(hist: np.ndarray, num_levels: int = 128, start: int = 
     for i in range(start, n + 1):
         p = h[:i].copy()
         p[i - 1] += suffix[i]
-        merged = i // num_levels
-        level = np.minimum(np.arange(i) // merged, num_levels - 1)
+        level = (np.arange(i) * num_levels) // i
         nonzero = p != 0
         qsum = np.bincount(level, weights=h[:i], minlength=num_levels)
         nz = np.bincount(level, weights=nonzero, minlength=num_levels)

@@ -52,7 +52,7 @@ def per_channel_absmax(cnp.ndarray array not None, int axis=0):
 # and the threshold searches (TensorRT's KL divergence, expected MSE).  Each
 # releases the GIL around its loop.  The numpy twins are in kiln.kernels.
 
-from libc.math cimport floor, log, nearbyint, ldexp, isfinite, INFINITY
+from libc.math cimport floor, log, log1p, nearbyint, ldexp, isfinite, INFINITY
 
 ctypedef fused real_t:
     float
@@ -91,18 +91,25 @@ def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent):
     the very top could cause it) is clamped to the last bin.
     """
     cdef Py_ssize_t i, n = x.shape[0], nbins = hist.shape[0], b
-    cdef double scale = ldexp(1.0, -exponent), v
+    cdef double scale = ldexp(1.0, -exponent), v, top = <double>nbins
+    # Branch-free in the common case (random signs and ReLU zeros defeat branch prediction);
+    # two interleaved histograms halve the store-to-load stalls of runs of equal bins (zeros).
+    spare_arr = np.zeros(nbins, dtype=np.int64)
+    cdef cnp.int64_t[::1] spare = spare_arr
     with nogil:
         for i in range(n):
-            v = x[i]
-            if not isfinite(v):
-                continue
-            if v < 0:
-                v = -v
-            b = <Py_ssize_t>floor(v * scale)
-            if b >= nbins:
-                b = nbins - 1
-            hist[b] += 1
+            v = fabs(x[i]) * scale
+            if not v < top:  # past the end (rounding at the very top), inf, or NaN: rare
+                if v != v or v == INFINITY:
+                    continue
+                v = top - 1
+            b = <Py_ssize_t>v  # truncation is floor for v >= 0
+            if i & 1:
+                spare[b] += 1
+            else:
+                hist[b] += 1
+        for i in range(nbins):
+            hist[i] += spare[i]
 
 
 def hist_coarsen(cnp.int64_t[::1] hist, int shift):
@@ -134,29 +141,30 @@ def hist_coarsen(cnp.int64_t[::1] hist, int shift):
                 hist[j] = 0
 
 
-cdef double _smooth_log_term(double d, double eps, double eps1) noexcept nogil:
-    return d + eps if d == 0 else d - eps1
-
-
 def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     """TensorRT's KL-divergence curve over a histogram of ``|x|``.
 
     For every candidate ``i`` in ``start .. len(hist)``: the reference P is
     ``hist[:i]`` with the outliers ``hist[i:]`` added to ``P[i-1]``; Q is
-    ``hist[:i]`` merged into ``num_levels`` levels of ``i // num_levels`` bins
-    (the last level takes the remainder) and expanded back evenly over the
+    ``hist[:i]`` merged into ``num_levels`` levels of equal width (bin ``j``
+    is in level ``j * num_levels // i``) and expanded back evenly over the
     bins where P is non-zero; both are smoothed (zeros get ``eps = 1e-4``,
     non-zeros lose ``eps * zeros / nonzeros``, which keeps the sum) and
     normalized; the result is KL(P || Q) (``inf`` where Q is empty or a
     smoothed entry is not positive).  See :mod:`kiln.calib.kl` for the
     reference and the sources.
 
+    Level sums and non-zero counts come from prefix sums (O(levels) per
+    candidate); ``log(h - eps1)`` is ``log(h) + log1p(-eps1 / h)`` with
+    ``log(h)`` computed once per bin, so the inner loop has no ``log`` call
+    for the usual tiny ``eps1 / h``.
+
     Returns:
         float64 array of ``len(hist) - start + 1`` divergences (index 0 is ``i = start``).
     """
-    cdef Py_ssize_t n = hist.shape[0], i, j, k, lo, hi, merged, nz, nzp, nzq
+    cdef Py_ssize_t n = hist.shape[0], i, j, k, lo, hi, nz, nzp, nzq, L = num_levels
     cdef double eps = 1e-4
-    cdef double total, sum_p, sum_q, qsum, qval, pj, qj, eps1p, eps1q, kl
+    cdef double total, sum_p, sum_q, qsum, pj, qj, qlog, eps1p, eps1q, kl, logsp, p_last, x, lp
     cdef bint bad
     if start < 1 or num_levels < 1 or start < num_levels:
         raise ValueError("need 1 <= num_levels <= start")
@@ -165,8 +173,13 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     out = np.empty(n - start + 1, dtype=np.float64)
     cdef double[::1] res = out
     suffix_arr = np.zeros(n + 1, dtype=np.float64)
+    prefix_arr = np.zeros(n + 1, dtype=np.float64)
+    nzpre_arr = np.zeros(n + 1, dtype=np.int64)
+    logh_arr = np.zeros(n, dtype=np.float64)
     cdef double[::1] suffix = suffix_arr
-    # Per-level sums and non-zero counts of the current candidate.
+    cdef double[::1] prefix = prefix_arr
+    cdef cnp.int64_t[::1] nzpre = nzpre_arr
+    cdef double[::1] logh = logh_arr
     lev_sum_arr = np.zeros(num_levels, dtype=np.float64)
     lev_nz_arr = np.zeros(num_levels, dtype=np.int64)
     cdef double[::1] lev_sum = lev_sum_arr
@@ -174,49 +187,71 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     with nogil:
         for j in range(n - 1, -1, -1):
             suffix[j] = suffix[j + 1] + hist[j]
+        for j in range(n):
+            prefix[j + 1] = prefix[j] + hist[j]
+            nzpre[j + 1] = nzpre[j] + (1 if hist[j] != 0 else 0)
+            logh[j] = log(hist[j]) if hist[j] > 0 else 0.0
         total = suffix[0]
         for i in range(start, n + 1):
-            merged = i // num_levels
+            p_last = hist[i - 1] + suffix[i]
             nzp = 0
             nzq = 0
-            sum_q = 0.0
             for k in range(num_levels):
-                lo = k * merged
-                hi = i if k == num_levels - 1 else lo + merged
-                qsum = 0.0
-                nz = 0
-                for j in range(lo, hi):
-                    qsum = qsum + hist[j]
-                    pj = hist[j] + (suffix[i] if j == i - 1 else 0.0)
-                    if pj != 0:
-                        nz += 1
+                lo = (k * i + L - 1) // L
+                hi = ((k + 1) * i + L - 1) // L
+                qsum = prefix[hi] - prefix[lo]
+                nz = nzpre[hi] - nzpre[lo]
+                if hi == i:
+                    nz = nz - (1 if hist[i - 1] != 0 else 0) + (1 if p_last != 0 else 0)
                 lev_sum[k] = qsum
                 lev_nz[k] = nz
                 nzp += nz
                 if qsum != 0:
                     nzq += nz
-                sum_q = sum_q + qsum
             sum_p = total
+            sum_q = prefix[i]
             if nzp == 0 or nzq == 0:
                 res[i - start] = INFINITY
                 continue
             eps1p = eps * (i - nzp) / nzp
             eps1q = eps * (i - nzq) / nzq
-            kl = 0.0
+            logsp = log(sum_p)
+            # Bins where P is zero: P' = Q' = eps, each adding (eps/Sp) log(Sq/Sp).
+            kl = (i - nzp) * (eps / sum_p) * log(sum_q / sum_p)
             bad = False
             for k in range(num_levels):
-                lo = k * merged
-                hi = i if k == num_levels - 1 else lo + merged
-                qval = lev_sum[k] / lev_nz[k] if lev_nz[k] > 0 else 0.0
+                if lev_nz[k] == 0:
+                    continue
+                lo = (k * i + L - 1) // L
+                hi = ((k + 1) * i + L - 1) // L
+                # Q' on this level's non-zero-P bins: the level's share, or eps when the level is empty.
+                qj = lev_sum[k] / lev_nz[k] - eps1q if lev_sum[k] != 0 else eps
+                if qj <= 0:
+                    bad = True
+                    break
+                qlog = log(qj / sum_q)
                 for j in range(lo, hi):
-                    pj = hist[j] + (suffix[i] if j == i - 1 else 0.0)
-                    qj = qval if pj != 0 else 0.0
-                    pj = _smooth_log_term(pj, eps, eps1p)
-                    qj = _smooth_log_term(qj, eps, eps1q)
-                    if pj <= 0 or qj <= 0:
-                        bad = True
-                        break
-                    kl = kl + (pj / sum_p) * log((pj / sum_p) / (qj / sum_q))
+                    if j == i - 1:
+                        pj = p_last
+                        if pj == 0:
+                            continue
+                        if pj - eps1p <= 0:
+                            bad = True
+                            break
+                        lp = log(pj - eps1p)
+                    else:
+                        pj = hist[j]
+                        if pj == 0:
+                            continue
+                        x = eps1p / pj
+                        if x >= 1.0:
+                            bad = True
+                            break
+                        if x < 1e-4:
+                            lp = logh[j] - x * (1.0 + x * (0.5 + x * (1.0 / 3.0)))
+                        else:
+                            lp = logh[j] + log1p(-x)
+                    kl = kl + ((pj - eps1p) / sum_p) * (lp - logsp - qlog)
                 if bad:
                     break
             res[i - start] = INFINITY if bad else kl
@@ -231,29 +266,35 @@ def mse_errors(double[::1] hist, double bin_width, int qmax=127, int start=1):
     quantizes to ``min(rint(c / s), qmax) * s``.  Returns the mean squared
     error per candidate (float64, index 0 is ``i = start``).
     """
-    cdef Py_ssize_t n = hist.shape[0], i, j
-    cdef double total = 0.0, t, s, c, q, err, acc
+    cdef Py_ssize_t n = hist.shape[0], i, j, m = 0
+    cdef double total = 0.0, t, inv_s, s, c, q, err, acc
     if start < 1:
         raise ValueError("start must be >= 1")
     if n < start:
         return np.zeros(0, dtype=np.float64)
     out = np.empty(n - start + 1, dtype=np.float64)
     cdef double[::1] res = out
+    centre_arr = np.empty(n, dtype=np.float64)
+    count_arr = np.empty(n, dtype=np.float64)
+    cdef double[::1] centre = centre_arr
+    cdef double[::1] count = count_arr
     with nogil:
         for j in range(n):
-            total = total + hist[j]
+            if hist[j] != 0:
+                centre[m] = (j + 0.5) * bin_width
+                count[m] = hist[j]
+                total = total + hist[j]
+                m += 1
         for i in range(start, n + 1):
             t = i * bin_width
             s = t / qmax
             acc = 0.0
-            for j in range(n):
-                if hist[j] == 0:
-                    continue
-                c = (j + 0.5) * bin_width
+            for j in range(m):
+                c = centre[j]
                 q = nearbyint(c / s)
                 if q > qmax:
                     q = qmax
                 err = c - q * s
-                acc = acc + hist[j] * err * err
+                acc = acc + count[j] * err * err
             res[i - start] = acc / total if total > 0 else 0.0
     return out

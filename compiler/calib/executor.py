@@ -1,0 +1,234 @@
+"""The calibration executor: onnxruntime on the exported IR, streaming batch by batch.
+
+The graph is exported with :func:`kiln.to_onnx` and every tensor to calibrate
+is added as a graph output.  Each batch runs once; each returned activation
+is reduced at once into its :class:`~kiln.calib.histogram.TensorHistogram`
+and dropped, so memory is one batch's activations plus the fixed-size
+histograms, whatever the number of samples.
+
+``workers > 1`` splits the selected samples into chunks handed to worker
+processes (``spawn``: no onnxruntime state is forked), each with its own
+session and ``cores / workers`` threads.  Each chunk comes back as
+histograms, which merge exactly (:mod:`kiln.calib.histogram`), so the result
+is identical to a single-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.calib.data import InputSpec, Source, batch_size_for, input_specs, iter_batches, iter_samples, select
+from kiln.calib.histogram import NUM_BINS, CalibrationStats
+from kiln.calib.progress import ProgressBar
+from kiln.errors import KilnError, UsageError
+
+logger = logging.getLogger(__name__)
+
+def float_values(graph: Any) -> list[str]:
+    """Names of the float tensors of the root graph: inputs, then node outputs in order."""
+    names: list[str] = []
+    for v in graph.inputs:
+        if _is_float(v):
+            names.append(v.name)
+    for node in graph:
+        for out in node.outputs:
+            if _is_float(out):
+                names.append(out.name)
+    return names
+
+
+def _is_float(value: Any) -> bool:
+    from kiln.ir.dtypes import DType
+
+    return value.dtype in (DType.FLOAT, DType.FLOAT16, DType.DOUBLE, DType.BFLOAT16)
+
+
+def calibration_model(graph: Any, tensors: Iterable[str] | None = None) -> tuple[bytes, list[str], list[str]]:
+    """The graph as ONNX with every tensor to calibrate added as an output.
+
+    Returns:
+        (serialized model, output names to fetch, graph input names to observe from the feed).
+    """
+    import onnx
+    from kiln.exporter import to_onnx
+    from kiln.frontend.convert import type_to_proto
+
+    wanted = list(dict.fromkeys(tensors)) if tensors is not None else float_values(graph)
+    inputs = {v.name for v in graph.inputs}
+    by_name = graph.value_by_name()
+    missing = [n for n in wanted if n not in by_name]
+    if missing:
+        raise UsageError(f"cannot calibrate tensor {missing[0]!r}: the graph has no such value")
+    proto = to_onnx(graph)
+    existing = {o.name for o in proto.graph.output}
+    fetch: list[str] = [o.name for o in proto.graph.output if o.name in set(wanted)]
+    observed_inputs = [n for n in wanted if n in inputs]
+    for name in wanted:
+        if name in inputs or name in existing:
+            continue
+        value = by_name[name]
+        if value.is_constant:
+            continue
+        info = onnx.ValueInfoProto(name=name)
+        if value.type is not None:
+            info.type.CopyFrom(type_to_proto(value.type))
+        proto.graph.output.append(info)
+        fetch.append(name)
+    return proto.SerializeToString(), fetch, observed_inputs
+
+
+def make_session(model: bytes | str, threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise KilnError(f"onnxruntime cannot load the calibration model: {' '.join(str(exc).split())}") from exc
+
+
+@dataclass
+class _Job:
+    """What a shard needs: picklable, and holding no array data."""
+
+    model_path: str
+    fetch: list[str]
+    observed_inputs: list[str]
+    source: Source
+    specs: list[InputSpec]
+    batch_size: int
+    static_batch: bool
+    num_bins: int
+    threads: int | None
+
+
+def _run(job: _Job, session: Any, indices: Sequence[int] | None, count: int | None,
+         on_batch: Callable[[int], None] | None = None) -> CalibrationStats:
+    stats = CalibrationStats(num_bins=job.num_bins)
+    samples = iter_samples(job.source, indices, count)
+    for feed, n in iter_batches(samples, job.specs, job.batch_size, static_batch=job.static_batch):
+        try:
+            outputs = session.run(job.fetch, feed)
+        except Exception as exc:
+            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feed.items())
+            raise KilnError(f"onnxruntime failed on a calibration batch ({shapes}): {' '.join(str(exc).split())}") from exc
+        for name, arr in zip(job.fetch, outputs):
+            stats.observe(name, arr)
+        del outputs
+        for name in job.observed_inputs:
+            stats.observe(name, feed[name])
+        stats.samples += n
+        if on_batch is not None:
+            on_batch(n)
+    return stats
+
+
+# Worker-process state (one session per process).
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(job: _Job) -> None:
+    _WORKER["job"] = job
+    _WORKER["session"] = make_session(job.model_path, job.threads)
+
+
+def _worker_run(indices: list[int]) -> dict[str, Any]:
+    job: _Job = _WORKER["job"]
+    return _run(job, _WORKER["session"], indices, None).state()
+
+
+def collect(
+    graph: Any,
+    source: Source,
+    *,
+    tensors: Iterable[str] | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    workers: int = 1,
+    num_bins: int = NUM_BINS,
+    progress: bool | None = None,
+    specs: Sequence[InputSpec] | None = None,
+) -> CalibrationStats:
+    """Runs ``graph`` on the calibration samples and returns the statistics of ``tensors``.
+
+    Args:
+        graph: a kiln graph (float).
+        source: the samples (:func:`kiln.calib.data.open_source`).
+        tensors: value names to calibrate (default: every float tensor).
+        count: use a seeded random subsample of this many samples.
+        seed: the subsample's seed.
+        batch_size: samples per run (default: the model's static batch, else 1).
+        workers: processes to spread the samples over (1: this process).
+        num_bins: stored histogram bins per tensor.
+        progress: draw a progress bar on stderr (default: when it is a terminal).
+        specs: the graph's inputs (default: read from ``graph``).
+    """
+    specs = list(specs) if specs is not None else input_specs(graph)
+    batch = batch_size_for(specs, batch_size)
+    static = any(s.batch is not None for s in specs)
+    indices = select(source, count, seed)
+    total = len(indices) if indices is not None else (min(count, source.length) if count and source.length
+                                                        else count or source.length)
+    model, fetch, observed = calibration_model(graph, tensors)
+    workers = max(1, int(workers))
+    if workers > 1 and indices is None:
+        raise UsageError("--calib-workers needs calibration data kiln can index (files, a folder, arrays), "
+                         "not a one-shot iterable")
+    if workers > 1 and indices is not None and len(indices) <= batch:
+        workers = 1
+    bar = ProgressBar(total, enabled=progress)
+    try:
+        if workers == 1:
+            job = _Job("", fetch, observed, source, specs, batch, static, num_bins, None)
+            session = make_session(model)
+            stats = _run(job, session, indices, count if indices is None else None, bar.update)
+        else:
+            assert indices is not None
+            stats = _collect_parallel(model, fetch, observed, source, specs, batch, static, num_bins,
+                                      indices, workers, bar)
+    finally:
+        bar.close()
+    if stats.samples == 0:
+        raise UsageError(f"calibration data {source.describe()} gave no samples")
+    logger.info("calibrated %d tensors on %d samples (%.1f samples/s)", len(stats), stats.samples, bar.rate)
+    return stats
+
+
+def _collect_parallel(model: bytes, fetch: list[str], observed: list[str], source: Source,
+                      specs: list[InputSpec], batch: int, static: bool, num_bins: int,
+                      indices: list[int], workers: int, bar: ProgressBar) -> CalibrationStats:
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    per_chunk = max(batch, math.ceil(len(indices) / (workers * 4)))
+    per_chunk = math.ceil(per_chunk / batch) * batch
+    chunks = [indices[i:i + per_chunk] for i in range(0, len(indices), per_chunk)]
+    stats = CalibrationStats(num_bins=num_bins)
+    with tempfile.TemporaryDirectory(prefix="kiln-calib-") as tmp:
+        path = Path(tmp) / "calibration.onnx"
+        path.write_bytes(model)
+        job = _Job(os.fspath(path), fetch, observed, source, specs, batch, static, num_bins, threads)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(job,)) as pool:
+            pending = {pool.submit(_worker_run, chunk): len(chunk) for chunk in chunks}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    n = pending.pop(fut)
+                    stats.merge(CalibrationStats.from_state(fut.result()))
+                    bar.update(n)
+    return stats

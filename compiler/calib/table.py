@@ -1,0 +1,160 @@
+"""Calibration results and the files they are written to.
+
+:class:`CalibrationResult` holds what quantization decided: the range of every
+quantized activation, the per-channel scales of every quantized weight, the
+layers, and (with ``keep_float``) each layer's sensitivity.  It is written as:
+
+* ``<stem>.calib.json``: kiln's calibration table (read back by
+  :func:`read_json`, so ``--calib table.json`` reuses it without data);
+* ``<stem>.trt.cache``: TensorRT's calibration cache, the text format of
+  ``IInt8Calibrator::writeCalibrationCache`` (a header line
+  ``TRT-<version>-EntropyCalibration2`` (``MinMaxCalibration`` for minmax),
+  then ``<tensor>: <scale>`` with the scale as the big-endian hex of its
+  float32 bits), for activations;
+* ``<stem>.ncnn.table``: the table ``ncnn2table`` writes and ``ncnn2int8``
+  reads: ``<layer>_param_0 s0 s1 ...`` (weight scales per output channel,
+  ``127 / max|w|``) for every weighted layer, then ``<layer> s`` (the scale
+  of the layer's input, ``127 / T``).  Layers are named by kiln node names.
+
+Scales here are kiln's (``T / 127``: real = int8 * scale) except in the ncnn
+table, which uses ncnn's reciprocal convention (int8 = real * scale).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.calib.calibrators import QMAX, TensorRange
+from kiln.errors import UsageError
+
+TABLE_FORMAT = "kiln-calibration"
+TABLE_VERSION = 1
+TRT_VERSION = 100000
+"""The version written in TensorRT cache headers (NV_TENSORRT_VERSION of 10.0.0)."""
+
+
+@dataclass(frozen=True)
+class WeightScales:
+    """Per-channel (or per-tensor, ``axis=None``) scales of one quantized weight."""
+
+    axis: int | None
+    scales: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One quantized layer: its op, the activations quantized at its inputs, its weight."""
+
+    op: str
+    inputs: tuple[str, ...]
+    weight: str | None = None
+
+
+@dataclass
+class CalibrationResult:
+    """Everything calibration and quantization decided (see the module doc)."""
+
+    calibrator: str
+    samples: int
+    ranges: dict[str, TensorRange] = field(default_factory=dict)
+    weights: dict[str, WeightScales] = field(default_factory=dict)
+    layers: dict[str, LayerInfo] = field(default_factory=dict)
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    kept_float: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    # ---- writers
+
+    def to_json(self) -> str:
+        def num(x: float) -> float | str:
+            return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
+
+        doc = {
+            "format": TABLE_FORMAT,
+            "version": TABLE_VERSION,
+            "calibrator": self.calibrator,
+            "samples": self.samples,
+            "activations": {
+                name: {"threshold": r.threshold, "scale": r.scale, "min": r.min, "max": r.max, "count": r.count}
+                for name, r in sorted(self.ranges.items())
+            },
+            "weights": {name: {"axis": w.axis, "scales": list(w.scales)} for name, w in sorted(self.weights.items())},
+            "layers": {name: {"op": li.op, "inputs": list(li.inputs), "weight": li.weight}
+                       for name, li in self.layers.items()},
+            "sensitivity": {k: num(v) for k, v in self.sensitivity.items()},
+            "kept_float": list(self.kept_float),
+            "skipped": list(self.skipped),
+        }
+        return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+    def to_tensorrt_cache(self, trt_version: int = TRT_VERSION) -> str:
+        kind = "MinMaxCalibration" if self.calibrator == "minmax" else "EntropyCalibration2"
+        lines = [f"TRT-{trt_version}-{kind}"]
+        for name, r in sorted(self.ranges.items()):
+            lines.append(f"{name}: {struct.pack('>f', r.scale).hex()}")
+        return "\n".join(lines) + "\n"
+
+    def to_ncnn_table(self) -> str:
+        weight_lines, act_lines = [], []
+        for layer, info in self.layers.items():
+            if info.weight is not None and info.weight in self.weights:
+                w = self.weights[info.weight]
+                scales = " ".join(f"{1.0 / s:.6f}" if s > 0 else "0" for s in w.scales)
+                weight_lines.append(f"{layer}_param_0 {scales}")
+            if info.inputs and info.inputs[0] in self.ranges:
+                r = self.ranges[info.inputs[0]]
+                act_lines.append(f"{layer} {QMAX / r.threshold:.6f}")
+        return "\n".join(weight_lines + act_lines) + "\n"
+
+    def files(self, stem: str) -> dict[str, str]:
+        """File name -> text of every table, for ``stem``."""
+        return {
+            f"{stem}.calib.json": self.to_json(),
+            f"{stem}.trt.cache": self.to_tensorrt_cache(),
+            f"{stem}.ncnn.table": self.to_ncnn_table(),
+        }
+
+    def write(self, folder: str | os.PathLike[str], stem: str) -> list[Path]:
+        out: list[Path] = []
+        for name, text in self.files(stem).items():
+            path = Path(folder) / name
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+            out.append(path)
+        return out
+
+
+def read_json(path: str | os.PathLike[str]) -> CalibrationResult:
+    """Reads a table written by :meth:`CalibrationResult.to_json` (for reuse without data)."""
+    where = os.fspath(path)
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{where}: not a readable calibration table ({exc})") from None
+    if not isinstance(doc, Mapping) or doc.get("format") != TABLE_FORMAT:
+        raise UsageError(f"{where}: not a kiln calibration table (no \"format\": \"{TABLE_FORMAT}\")")
+    if doc.get("version") != TABLE_VERSION:
+        raise UsageError(f"{where}: calibration table version {doc.get('version')!r} is not supported")
+    try:
+        result = CalibrationResult(str(doc["calibrator"]), int(doc["samples"]))
+        for name, r in doc["activations"].items():
+            t = float(r["threshold"])
+            if not (t > 0 and math.isfinite(t)):
+                raise ValueError(f"tensor {name!r} has threshold {t}")
+            result.ranges[str(name)] = TensorRange(t, float(r["min"]), float(r["max"]), int(r["count"]))
+        for name, w in doc.get("weights", {}).items():
+            axis = w.get("axis")
+            result.weights[str(name)] = WeightScales(None if axis is None else int(axis),
+                                                     tuple(float(s) for s in w["scales"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{where}: malformed calibration table ({exc})") from None
+    return result
+

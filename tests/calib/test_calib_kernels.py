@@ -1,0 +1,109 @@
+"""The calibration kernels: Cython (kiln._kernels) and numpy twins agree, and the fallback works."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from kiln import kernels
+
+native = pytest.mark.skipif(not kernels.NATIVE, reason="kiln._kernels is not built")
+
+
+def _data(kind: str, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        return rng.standard_normal(n)
+    if kind == "relu":
+        return np.maximum(rng.standard_normal(n), 0)
+    if kind == "laplace":
+        return rng.laplace(size=n)
+    if kind == "bimodal":
+        return np.concatenate([rng.normal(-3, 0.3, n // 2), rng.normal(5, 1, n - n // 2)])
+    if kind == "spiky":
+        x = np.zeros(n)
+        x[:: 97] = rng.uniform(0, 100, x[::97].shape)
+        return x
+    raise AssertionError(kind)
+
+
+@native
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_array_stats_twins(dtype):
+    x = (_data("normal", 10_001) * 7).astype(dtype)
+    x[5], x[17], x[99] = np.nan, np.inf, -np.inf
+    assert kernels._native.array_stats(x) == kernels._numpy_array_stats(x)
+    lo, hi, absmax, finite, bad = kernels.array_stats(x)
+    assert (finite, bad) == (9998, 3) and absmax == max(-lo, hi)
+    empty = kernels.array_stats(np.array([np.nan], dtype=dtype))
+    assert empty[2:] == (0.0, 0, 1)
+
+
+@native
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("exponent", [-12, -3, 0, 4])
+def test_hist_add_twins(dtype, exponent):
+    x = (_data("laplace", 50_000, 3) * 2.0**(exponent + 8)).astype(dtype)
+    x[::1000] = np.nan
+    a = np.zeros(4096, dtype=np.int64)
+    b = np.zeros(4096, dtype=np.int64)
+    kernels._native.hist_add(a, x, exponent)
+    kernels._numpy_hist_add(b, x, exponent)
+    np.testing.assert_array_equal(a, b)
+    assert a.sum() == np.isfinite(x).sum()
+
+
+@native
+@pytest.mark.parametrize("shift", [0, 1, 3, 11, 12, 40, 70])
+def test_hist_coarsen_twins(shift):
+    rng = np.random.default_rng(shift)
+    h = rng.integers(0, 1000, 4096).astype(np.int64)
+    a, b = h.copy(), h.copy()
+    kernels._native.hist_coarsen(a, shift)
+    kernels._numpy_hist_coarsen(b, shift)
+    np.testing.assert_array_equal(a, b)
+    assert a.sum() == h.sum()
+
+
+@native
+@pytest.mark.parametrize("kind", ["normal", "relu", "laplace", "bimodal", "spiky"])
+def test_kl_and_mse_twins(kind):
+    x = np.abs(_data(kind, 200_000, 1))
+    hist = np.histogram(x, bins=2048, range=(0, x.max()))[0].astype(np.float64)
+    a = kernels._native.kl_divergences(hist, 128, 128)
+    b = kernels._numpy_kl_divergences(hist, 128, 128)
+    assert a.shape == b.shape == (2048 - 128 + 1,)
+    finite = np.isfinite(b)
+    np.testing.assert_array_equal(np.isfinite(a), finite)
+    np.testing.assert_allclose(a[finite], b[finite], rtol=1e-9, atol=1e-13)
+    assert np.argmin(a) == np.argmin(b)
+    width = x.max() / 2048
+    m1 = kernels._native.mse_errors(hist, width, 127, 1)
+    m2 = kernels._numpy_mse_errors(hist, width, 127, 1)
+    np.testing.assert_allclose(m1, m2, rtol=1e-9, atol=1e-18)
+    assert np.argmin(m1) == np.argmin(m2)
+
+
+def test_numpy_fallback_in_a_fresh_process():
+    """KILN_NO_KERNELS=1 gives the numpy twins, and calibration still works with them."""
+    code = (
+        "import numpy as np\n"
+        "from kiln import kernels\n"
+        "from kiln.calib.histogram import TensorHistogram\n"
+        "from kiln.calib.calibrators import threshold\n"
+        "assert not kernels.NATIVE\n"
+        "h = TensorHistogram(); h.observe(np.random.default_rng(0).standard_normal(100000).astype('f4'))\n"
+        "print(repr(h.exponent), h.bins.sum(), *(threshold(h, c) for c in ('minmax', 'entropy', 'percentile', 'mse')))\n"
+    )
+    env = dict(os.environ, KILN_NO_KERNELS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    from kiln.calib.calibrators import threshold
+    from kiln.calib.histogram import TensorHistogram
+
+    h = TensorHistogram()
+    h.observe(np.random.default_rng(0).standard_normal(100000).astype("f4"))
+    here = [repr(h.exponent), str(h.bins.sum())] + [str(threshold(h, c)) for c in ("minmax", "entropy", "percentile", "mse")]
+    assert out.split() == here

@@ -1,0 +1,133 @@
+"""The streaming executor: statistics of every tensor, workers, determinism, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+
+import kiln
+import numpy as np
+import pytest
+from calib_models import conv_net, samples
+from kiln.calib import CalibrationConfig, calibrate, collect, input_specs, open_source
+from kiln.calib.executor import calibration_model, float_values
+from kiln.errors import UsageError
+
+
+@pytest.fixture
+def graph():
+    return kiln.load(conv_net())
+
+
+def test_collects_every_float_tensor(graph):
+    data = samples(10)
+    stats = collect(graph, open_source(data, input_specs(graph)), batch_size=4)
+    assert stats.samples == 10
+    assert set(stats) == set(float_values(graph))
+    assert stats["x"].count == data.size and stats["x"].max == pytest.approx(float(data.max()))
+    r1 = stats["r1"]
+    assert r1.min >= 0 and r1.count == 10 * 8 * 8 * 8
+
+
+def test_statistics_match_a_direct_run(graph):
+    """Histograms of the streamed activations equal those of one big onnxruntime run (exact merge)."""
+    import onnxruntime as ort
+    from kiln.calib.histogram import TensorHistogram
+
+    data = samples(9, seed=5)
+    stats = collect(graph, open_source(data, input_specs(graph)), batch_size=2)
+    model, fetch, _ = calibration_model(graph)
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    for name, value in zip(fetch, sess.run(fetch, {"x": data})):
+        h = TensorHistogram()
+        h.observe(value)
+        assert stats[name] == h, name
+
+
+def test_subset_of_tensors_and_subsample(graph, tmp_path):
+    np.save(tmp_path / "d.npy", samples(40))
+    stats = collect(graph, open_source(tmp_path / "d.npy", input_specs(graph)), tensors=["p1", "c2"], count=7)
+    assert set(stats) == {"p1", "c2"} and stats.samples == 7
+    with pytest.raises(UsageError, match="no such value"):
+        collect(graph, open_source(tmp_path / "d.npy", input_specs(graph)), tensors=["nope"])
+
+
+def test_workers_give_identical_statistics(graph, tmp_path):
+    np.save(tmp_path / "d.npy", samples(24, seed=2))
+    cfg = CalibrationConfig(str(tmp_path / "d.npy"), batch_size=3)
+    one = cfg.collect(graph)
+    cfg.workers = 2
+    two = cfg.collect(graph)
+    assert two.samples == one.samples == 24
+    for name in one:
+        assert two[name] == one[name], name
+
+
+def test_workers_need_indexable_data(graph):
+    with pytest.raises(UsageError, match="--calib-workers"):
+        collect(graph, open_source(iter([samples(2)]), input_specs(graph)), workers=2)
+
+
+def test_calibrate_api_and_iterable(graph):
+    result = calibrate(graph, (samples(2, seed=i) for i in range(3)), "percentile")
+    assert result.samples == 6 and result.calibrator == "percentile"
+    assert all(r.threshold > 0 for r in result.ranges.values())
+
+
+def test_bad_data_shape_is_a_clear_error(graph):
+    with pytest.raises(kiln.errors.KilnError, match="calibration batch"):
+        collect(graph, open_source(np.zeros((2, 3, 5, 5), np.float32), input_specs(graph)))
+
+
+def test_python_memory_flat_in_sample_count():
+    """tracemalloc peak (numpy arrays included) does not grow with the number of samples."""
+    graph = kiln.load(conv_net(size=48))
+    specs = input_specs(graph)
+
+    def peak(n: int) -> int:
+        tracemalloc.start()
+        collect(graph, open_source(f"random:{n}", specs), batch_size=4)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    peak(4)
+    small, large = peak(8), peak(128)
+    per_sample = 8 * 48 * 48 * 4 * 6  # bytes of activations one sample produces, roughly
+    assert large < small + 2 * per_sample, (small, large)
+
+
+_RSS_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    sys.path.insert(0, {calib!r})
+    import kiln
+    from calib_models import conv_net
+    from kiln.calib import collect, input_specs, open_source
+    graph = kiln.load(conv_net(size=64))
+    stats = collect(graph, open_source("random:" + sys.argv[1], input_specs(graph)), batch_size=4)
+    # VmHWM: this process's peak since exec (ru_maxrss would keep the parent's from before exec).
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+    rss = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{"samples": stats.samples, "rss_kb": rss}}))
+    """
+)
+
+
+def test_peak_rss_flat_in_sample_count(tmp_path):
+    """Peak RSS of a whole calibration process with 16 and with 512 samples (32x): within a few MB."""
+    script = tmp_path / "rss.py"
+    script.write_text(_RSS_SCRIPT.format(calib=str(Path(__file__).resolve().parent)))
+    runs = {}
+    for n in (16, 512):
+        out = subprocess.run([sys.executable, str(script), str(n)], capture_output=True, text=True, check=True)
+        runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs[512]["samples"] == 512
+    growth_mb = (runs[512]["rss_kb"] - runs[16]["rss_kb"]) / 1024
+    # 512 samples of 64x64 activations would be ~800 MB if they were kept; allow noise only.
+    assert growth_mb < 24, runs
+    assert runs[16]["rss_kb"] < 400 * 1024  # the measurement is of the child, not of pytest

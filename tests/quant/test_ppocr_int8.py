@@ -1,0 +1,80 @@
+"""End to end on the trained PP-OCR models with text-line images: calibrate, quantize, compare with float."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import zoo
+from kiln.calib.images import ImageOptions, load_image
+from kiln.driver.cli import main
+from kiln.quant import sqnr_db
+
+pytest.importorskip("PIL")
+
+CLS_FLAGS = ["--calib-size", "48,192", "--calib-resize", "height", "--calib-mean", "0.5", "--calib-std", "0.5",
+             "--calib-bgr"]
+CLS_OPTIONS = ImageOptions(size=(48, 192), mode="height", mean=(0.5,), std=(0.5,), channels="bgr")
+
+
+def _model(name: str) -> Path:
+    ok, why = zoo.available(name)
+    if not ok:
+        pytest.skip(why)
+    return zoo.get_model(name)
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory):
+    from ocr_images import write_images
+
+    root = tmp_path_factory.mktemp("ocr")
+    write_images(root / "calib", "line", 32, seed=1)
+    write_images(root / "test", "line", 48, seed=2)
+    return root
+
+
+def _outputs(model: Path, folder: Path, options: ImageOptions, shape) -> np.ndarray:
+    x = np.stack([load_image(p, options, shape) for p in sorted(folder.glob("*.png"))])
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("calibrator,floor", [("entropy", 18.0), ("percentile", 20.0)])
+def test_ppocr_cls(lines, tmp_path, calibrator, floor):
+    model = _model("ppocr_cls")
+    out = tmp_path / calibrator
+    assert main(["compile", str(model), "-o", str(out), "--int8", "--calib", str(lines / "calib"),
+                 "--calibrator", calibrator, "--calib-batch", "8", "-q", *CLS_FLAGS]) == 0
+    quantized = next(out.glob("*.onnx"))
+    ref = _outputs(model, lines / "test", CLS_OPTIONS, (None, 3, 48, 192))
+    got = _outputs(quantized, lines / "test", CLS_OPTIONS, (None, 3, 48, 192))
+    assert sqnr_db(ref, got) > floor
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,kind,flags,options,shape", [
+    ("ppocr_rec", "line", ["--calib-size", "48,320", "--calib-resize", "height", "--calib-mean", "0.5", "--calib-std",
+                           "0.5", "--calib-bgr"],
+     ImageOptions(size=(48, 320), mode="height", mean=(0.5,), std=(0.5,), channels="bgr"), (None, 3, 48, 320)),
+    ("ppocr_det", "page", ["--calib-size", "320,320", "--calib-mean", "0.485,0.456,0.406", "--calib-std",
+                           "0.229,0.224,0.225", "--calib-bgr"],
+     ImageOptions(size=(320, 320), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), channels="bgr"),
+     (None, 3, 320, 320)),
+])
+def test_ppocr_det_rec(tmp_path, name, kind, flags, options, shape):
+    from ocr_images import write_images
+
+    model = _model(name)
+    write_images(tmp_path / "calib", kind, 16, seed=1)
+    write_images(tmp_path / "test", kind, 8, seed=2)
+    out = tmp_path / "out"
+    assert main(["compile", str(model), "-o", str(out), "--int8", "--calib", str(tmp_path / "calib"),
+                 "--calibrator", "percentile", "-q", *flags]) == 0
+    quantized = next(out.glob("*.onnx"))
+    ref = _outputs(model, tmp_path / "test", options, shape)
+    got = _outputs(quantized, tmp_path / "test", options, shape)
+    assert sqnr_db(ref, got) > 10
