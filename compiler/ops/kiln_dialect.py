@@ -31,6 +31,30 @@ activation      activation_params        meaning
                                          (slope is the last input)
 ==============  =======================  ==============================
 
+Ops that raising (``raise-patterns``) and tensor fusion create where the
+model's opset has no standard op for the pattern (each decomposes into the
+ops the pattern was made of, or into the ONNX op when the opset has it):
+
+``kiln.LayerNorm(X, [Scale], [B])``
+    ONNX ``LayerNormalization`` (``axis``, ``epsilon``) with optional scale:
+    ``(X - mean) / sqrt(var + epsilon) * Scale + B`` over axes ``axis..rank-1``.
+``kiln.RMSNorm(X, [Scale])``
+    ONNX ``RMSNormalization``: ``X / sqrt(mean(X^2) + epsilon) * Scale``.
+``kiln.Gelu(X)``
+    ONNX ``Gelu`` (``approximate`` = ``none`` / ``tanh``).
+``kiln.Swish(X)``
+    ONNX ``Swish``: ``X * sigmoid(alpha * X)`` (SiLU for ``alpha`` = 1).
+``kiln.HardSwish(X)``
+    ONNX ``HardSwish``: ``X * max(0, min(1, X / 6 + 1/2))``.
+``kiln.Attention(Q, K, V, [mask])``
+    ONNX ``Attention`` (opset 23) without caches, causal masking or softcap:
+    ``softmax(Q @ K^T * scale + mask) @ V`` per head.  4-D inputs are
+    ``[B, H, S, D]``; 3-D inputs are ``[B, S, H * D]`` with
+    ``q_num_heads``/``kv_num_heads`` (the head split and merge included).
+``kiln.ChannelShuffle(X)``
+    ``Reshape(N, group, C / group, ...) -> Transpose(0, 2, 1, ...) -> Reshape(N, C, ...)``
+    (ShuffleNet), one layer on NCNN (``ShuffleChannel``) and TensorRT.
+
 Whether ``kiln.ConvAct`` stays in ONNX output: the ONNX preset (``O2``) does
 not create these ops.  On the ONNX target a kiln op is written as a call of a
 model-local function (its decomposition), which onnxruntime runs fine but
@@ -130,9 +154,7 @@ def emit_activation(b: OpBuilder, y: Value, node: Node, slope: Value | None) -> 
     if act == "HardSigmoid":
         return b.HardSigmoid(y, alpha=p[0], beta=p[1])
     if act == "HardSwish":
-        if v >= 14:
-            return b.HardSwish(y)
-        return b.Mul(y, b.HardSigmoid(y, alpha=1.0 / 6.0, beta=0.5))
+        return hard_swish(b, y)
     if act == "Swish":
         gate_in = y if p[0] == 1.0 else b.Mul(y, _scalar(b, p[0], y, "swish_alpha"))
         return b.Mul(y, b.Sigmoid(gate_in))
@@ -143,17 +165,7 @@ def emit_activation(b: OpBuilder, y: Value, node: Node, slope: Value | None) -> 
     if act == "Elu":
         return b.Elu(y, alpha=p[0])
     if act == "Gelu":
-        approximate = node.attr("approximate", "none") or "none"
-        if v >= 20:
-            return b.Gelu(y, approximate=approximate)
-        half = b.Mul(y, _scalar(b, 0.5, y, "half"))
-        if approximate == "tanh":
-            cube = b.Mul(b.Mul(y, y), y)
-            inner = b.Add(y, b.Mul(cube, _scalar(b, 0.044715, y, "gelu_c")))
-            t = b.Tanh(b.Mul(inner, _scalar(b, math.sqrt(2.0 / math.pi), y, "gelu_k")))
-        else:
-            t = b.Erf(b.Mul(y, _scalar(b, 1.0 / math.sqrt(2.0), y, "inv_sqrt2")))
-        return b.Mul(half, b.Add(t, _scalar(b, 1.0, y, "one")))
+        return gelu(b, y, node.attr("approximate", "none") or "none")
     if act == "PRelu":
         if slope is None:
             raise ValueError("a fused PRelu needs its slope as the last input")
@@ -288,4 +300,277 @@ kiln_op(
 )
 
 
-__all__ = ["ACTIVATIONS", "FLOAT_MAX", "activation_params", "canonical_activation", "emit_activation"]
+# --------------------------------------------------------------------------- shared by the ops below
+
+
+def _same_type(ctx: InferContext) -> list[Type | None]:
+    return [ctx.tensor(0)]
+
+
+def reduce_mean(b: OpBuilder, x: Value, axes: list[int]) -> Value:
+    """``ReduceMean(x, axes, keepdims=1)`` in the form of the builder graph's opset (axes an input from 18)."""
+    if _opset(b) >= 18:
+        return b.ReduceMean(x, b.const(np.array(axes, dtype=np.int64), "axes"), keepdims=1)
+    return b.ReduceMean(x, axes=axes, keepdims=1)
+
+
+def _norm_axes(x: Value, axis: int) -> list[int]:
+    """The axes ``axis..rank-1`` (negative when the rank is unknown and ``axis`` is negative)."""
+    rank = _rank(x.type)
+    if rank is None:
+        if axis >= 0:
+            raise ValueError("a normalization over a positive axis needs an input of known rank")
+        return list(range(axis, 0))
+    start = axis % rank if rank else 0
+    return list(range(start, rank))
+
+
+def _ones_scale(b: OpBuilder, x: Value, axes: list[int]) -> Value | None:
+    """A constant of ones over the normalized axes of ``x``, or ``None`` when their sizes are not static."""
+    shape = x.shape
+    if shape is None:
+        return None
+    dims = [shape[a] for a in axes]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    dtype = x.dtype.numpy if x.dtype is not None else np.float32
+    return b.const(np.ones(dims, dtype=dtype), "ones")
+
+
+def gelu(b: OpBuilder, x: Value, approximate: str) -> Value:
+    """GELU of ``x`` at the builder graph's opset (ONNX ``Gelu`` from 20, else its formula)."""
+    if _opset(b) >= 20:
+        return b.Gelu(x, approximate=approximate)
+    half = b.Mul(x, _scalar(b, 0.5, x, "half"))
+    if approximate == "tanh":
+        cube = b.Mul(b.Mul(x, x), x)
+        inner = b.Add(x, b.Mul(cube, _scalar(b, 0.044715, x, "gelu_c")))
+        t = b.Tanh(b.Mul(inner, _scalar(b, math.sqrt(2.0 / math.pi), x, "gelu_k")))
+    else:
+        t = b.Erf(b.Mul(x, _scalar(b, 1.0 / math.sqrt(2.0), x, "inv_sqrt2")))
+    return b.Mul(half, b.Add(t, _scalar(b, 1.0, x, "one")))
+
+
+def hard_swish(b: OpBuilder, x: Value) -> Value:
+    """HardSwish of ``x`` (ONNX ``HardSwish`` from opset 14, else ``x * HardSigmoid(x; 1/6, 1/2)``)."""
+    if _opset(b) >= 14:
+        return b.HardSwish(x)
+    return b.Mul(x, b.HardSigmoid(x, alpha=1.0 / 6.0, beta=0.5))
+
+
+def swish(b: OpBuilder, x: Value, alpha: float) -> Value:
+    """``x * sigmoid(alpha * x)`` (ONNX ``Swish`` from opset 24)."""
+    if _opset(b) >= 24:
+        return b.Swish(x, alpha=alpha)
+    gate_in = x if alpha == 1.0 else b.Mul(x, _scalar(b, alpha, x, "swish_alpha"))
+    return b.Mul(x, b.Sigmoid(gate_in))
+
+
+# --------------------------------------------------------------------------- LayerNorm, RMSNorm
+
+
+def _decompose_layer_norm(b: OpBuilder, node: Node) -> list[Value]:
+    x, scale, bias = node.input(0), node.input(1), node.input(2)
+    assert x is not None
+    axis = int(node.attr("axis", -1))
+    eps = float(node.attr("epsilon", 1e-5))
+    axes = _norm_axes(x, axis)
+    if _opset(b) >= 17:
+        full_scale = scale if scale is not None else _ones_scale(b, x, axes)
+        if full_scale is not None:
+            return [b.LayerNormalization(*_trimmed([x, full_scale, bias]), axis=axis, epsilon=eps)]
+    d = b.Sub(x, reduce_mean(b, x, axes))
+    var = reduce_mean(b, b.Mul(d, d), axes)
+    y = b.Div(d, b.Sqrt(b.Add(var, _scalar(b, eps, x, "epsilon"))))
+    if scale is not None:
+        y = b.Mul(y, scale)
+    if bias is not None:
+        y = b.Add(y, bias)
+    return [y]
+
+
+kiln_op(
+    "LayerNorm",
+    inputs=(1, 3),
+    attrs={
+        "axis": AttrSpec("axis", AttrKind.INT, default=-1),
+        "epsilon": AttrSpec("epsilon", AttrKind.FLOAT, default=1e-5),
+    },
+    decompose=_decompose_layer_norm,
+    infer=_same_type,
+    doc="LayerNormalization with an optional scale: (X - mean) / sqrt(var + epsilon) * Scale + B",
+)
+
+
+def _decompose_rms_norm(b: OpBuilder, node: Node) -> list[Value]:
+    x, scale = node.input(0), node.input(1)
+    assert x is not None
+    axis = int(node.attr("axis", -1))
+    eps = float(node.attr("epsilon", 1e-5))
+    axes = _norm_axes(x, axis)
+    if _opset(b) >= 23:
+        full_scale = scale if scale is not None else _ones_scale(b, x, axes)
+        if full_scale is not None:
+            return [b.RMSNormalization(x, full_scale, axis=axis, epsilon=eps)]
+    ms = reduce_mean(b, b.Mul(x, x), axes)
+    y = b.Div(x, b.Sqrt(b.Add(ms, _scalar(b, eps, x, "epsilon"))))
+    return [b.Mul(y, scale) if scale is not None else y]
+
+
+kiln_op(
+    "RMSNorm",
+    inputs=(1, 2),
+    attrs={
+        "axis": AttrSpec("axis", AttrKind.INT, default=-1),
+        "epsilon": AttrSpec("epsilon", AttrKind.FLOAT, default=1e-5),
+    },
+    decompose=_decompose_rms_norm,
+    infer=_same_type,
+    doc="RMSNormalization with an optional scale: X / sqrt(mean(X^2) + epsilon) * Scale",
+)
+
+
+# --------------------------------------------------------------------------- Gelu, Swish, HardSwish
+
+kiln_op(
+    "Gelu",
+    inputs=(1, 1),
+    attrs={"approximate": AttrSpec("approximate", AttrKind.STRING, default="none")},
+    decompose=lambda b, node: [gelu(b, node.inputs[0], node.attr("approximate", "none") or "none")],  # type: ignore[arg-type]
+    infer=_same_type,
+    doc="GELU: x/2 * (1 + erf(x/sqrt(2))), or with approximate=tanh its tanh form",
+)
+
+kiln_op(
+    "Swish",
+    inputs=(1, 1),
+    attrs={"alpha": AttrSpec("alpha", AttrKind.FLOAT, default=1.0)},
+    decompose=lambda b, node: [swish(b, node.inputs[0], float(node.attr("alpha", 1.0)))],  # type: ignore[arg-type]
+    infer=_same_type,
+    doc="Swish: x * sigmoid(alpha * x) (SiLU for alpha = 1)",
+)
+
+kiln_op(
+    "HardSwish",
+    inputs=(1, 1),
+    attrs={},
+    decompose=lambda b, node: [hard_swish(b, node.inputs[0])],  # type: ignore[arg-type]
+    infer=_same_type,
+    doc="HardSwish: x * max(0, min(1, x/6 + 1/2))",
+)
+
+
+# --------------------------------------------------------------------------- Attention
+
+
+def _infer_attention(ctx: InferContext) -> list[Type | None]:
+    from kiln.ops.inference._util import common_dtype, dim_prod
+
+    dtype = common_dtype(ctx, (0, 1, 2))
+    if dtype is None:
+        return [None]
+    q, v = ctx.shape(0), ctx.shape(2)
+    if q is None or v is None or len(q) != len(v) or len(q) not in (3, 4):
+        return [TensorType(dtype, None)]
+    if len(q) == 4:
+        return [TensorType(dtype, (q[0], q[1], q[2], v[3]))]
+    hq, hkv = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
+    dv = v[2] // int(hkv) if isinstance(v[2], int) and hkv else None
+    return [TensorType(dtype, (q[0], q[1], dim_prod([int(hq), dv]) if hq and dv is not None else None))]
+
+
+def _split_heads(b: OpBuilder, x: Value, heads: int, perm: list[int]) -> Value:
+    """``[B, S, H*D]`` -> ``Transpose(Reshape(x, [B, S, H, D]), perm)``."""
+    shape = b.const(np.array([0, 0, heads, -1], dtype=np.int64), "heads")
+    return b.Transpose(b.Reshape(x, shape), perm=perm)
+
+
+def _decompose_attention(b: OpBuilder, node: Node) -> list[Value]:
+    q, k, v, mask = node.input(0), node.input(1), node.input(2), node.input(3)
+    assert q is not None and k is not None and v is not None
+    rank = _rank(q.type)
+    hq, hkv = node.attr("q_num_heads"), node.attr("kv_num_heads")
+    if _opset(b) >= 23:
+        attrs: dict[str, Any] = {a: node.attrs[a] for a in ("scale", "q_num_heads", "kv_num_heads") if a in node.attrs}
+        return [b.Attention(*_trimmed([q, k, v, mask]), **attrs)]
+    if hq is not None and hkv is not None and int(hq) != int(hkv):
+        raise ValueError(f"kiln.Attention with {hq} query and {hkv} key/value heads (GQA) has no decomposition below opset 23")
+    three_d = rank == 3
+    if three_d:
+        if hq is None:
+            raise ValueError("a 3-D kiln.Attention needs q_num_heads and kv_num_heads")
+        heads = int(hq)
+        q4 = _split_heads(b, q, heads, [0, 2, 1, 3])
+        kt = _split_heads(b, k, heads, [0, 2, 3, 1])
+        v4 = _split_heads(b, v, heads, [0, 2, 1, 3])
+    else:
+        q4, v4 = q, v
+        kt = _transpose_last(b, k)
+    scale = node.attr("scale")
+    if scale is None:
+        d = q4.shape[-1] if q4.shape is not None else None
+        if not isinstance(d, int):
+            raise ValueError("kiln.Attention without a scale needs a static head size")
+        scale = 1.0 / math.sqrt(d)
+    scores = b.Mul(b.MatMul(q4, kt), _scalar(b, float(scale), q, "scale"))
+    if mask is not None:
+        if mask.dtype is not None and mask.dtype.numpy == np.bool_:
+            lowest = np.finfo(q.dtype.numpy if q.dtype is not None else np.float32).min
+            scores = b.Where(mask, scores, _scalar(b, float(lowest), q, "masked"))
+        else:
+            scores = b.Add(scores, mask)
+    y = b.MatMul(b.Softmax(scores, axis=-1), v4)
+    if three_d:
+        y = b.Reshape(b.Transpose(y, perm=[0, 2, 1, 3]), b.const(np.array([0, 0, -1], dtype=np.int64), "merged"))
+    return [y]
+
+
+kiln_op(
+    "Attention",
+    inputs=(3, 4),
+    attrs={
+        "scale": AttrSpec("scale", AttrKind.FLOAT),
+        "q_num_heads": AttrSpec("q_num_heads", AttrKind.INT),
+        "kv_num_heads": AttrSpec("kv_num_heads", AttrKind.INT),
+    },
+    decompose=_decompose_attention,
+    infer=_infer_attention,
+    doc="scaled dot-product attention softmax(Q K^T * scale + mask) V (ONNX Attention-23 without caches)",
+)
+
+
+# --------------------------------------------------------------------------- ChannelShuffle
+
+
+def _decompose_channel_shuffle(b: OpBuilder, node: Node) -> list[Value]:
+    x = node.inputs[0]
+    assert x is not None
+    group = int(node.attr("group"))
+    c = x.shape[1] if x.shape is not None and len(x.shape) >= 2 else None
+    if not isinstance(c, int) or c % group:
+        raise ValueError(f"kiln.ChannelShuffle needs a static channel count divisible by {group}")
+    grouped = b.Reshape(x, b.const(np.array([0, group, c // group, -1], dtype=np.int64), "grouped"))
+    return [b.Reshape(b.Transpose(grouped, perm=[0, 2, 1, 3]), b.Shape(x))]
+
+
+kiln_op(
+    "ChannelShuffle",
+    inputs=(1, 1),
+    attrs={"group": AttrSpec("group", AttrKind.INT, required=True)},
+    decompose=_decompose_channel_shuffle,
+    infer=_same_type,
+    doc="ShuffleNet channel shuffle: channels viewed as [group, C/group], transposed, flattened back",
+)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "FLOAT_MAX",
+    "activation_params",
+    "canonical_activation",
+    "emit_activation",
+    "gelu",
+    "hard_swish",
+    "reduce_mean",
+    "swish",
+]

@@ -287,7 +287,10 @@ def test_unregistered_instance_still_prints(registry):
 def test_presets_are_the_documented_strings():
     assert PRESETS["O0"][0] == ""
     assert PRESETS["O1"][0] == "remove-noops,fold-shapes,fold,dce"
-    assert PRESETS["O2"][0] == "repeat{max=4}(remove-noops,fold-shapes,fold,fold-if,fuse-bn,fuse-bias,fuse-pad,cse,dce)"
+    assert PRESETS["O2"][0] == (
+        "repeat{max=4}(remove-noops,fold-shapes,fold,fold-if,raise-patterns{onnx-only=true},fuse-bn,fuse-bias,"
+        "fuse-pad,fold-elementwise,merge-slices,fuse-concat-split,cse,dce)"
+    )
     assert PRESETS["O3"][0] == "O2"
 
 
