@@ -104,6 +104,7 @@ setup(
             "pyyaml",
             "huggingface_hub",
             "safetensors",
+            "matplotlib",  # kiln inspect --memory --plot
         ],
         "bench": ["onnxslim", "onnxsim", "onnxoptimizer", "rapidocr-onnxruntime>=1.3"],
         "ncnn": ["ncnn"],
