@@ -15,6 +15,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from kiln.ops.reference._common import arg as _arg, compute_dtype as _compute_dtype, req as _req, text as _text
 from kiln.ops.reference._registry import RefContext, get_reference, reference
 from kiln.ops.reference.elementwise import onnx_dtype
 
@@ -25,24 +27,6 @@ Attrs = dict[str, Any]
 # --------------------------------------------------------------------------- helpers
 
 
-def _arg(inputs: Inputs, i: int) -> np.ndarray | None:
-    return inputs[i] if i < len(inputs) else None
-
-
-def _req(inputs: Inputs, i: int) -> np.ndarray:
-    a = _arg(inputs, i)
-    if a is None:
-        raise ValueError(f"required input {i} is missing")
-    return a
-
-
-def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float64 stays float64; every other float is computed in float32."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _split_heads(x: np.ndarray, heads: int) -> np.ndarray:

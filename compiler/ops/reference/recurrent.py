@@ -27,6 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from kiln.ops.reference._common import arg as _arg, compute_dtype as _compute_dtype, req as _req, text as _text
 from kiln.ops.reference._registry import RefContext, reference
 
 Inputs = list["np.ndarray | None"]
@@ -34,23 +36,6 @@ Attrs = dict[str, Any]
 Activation = Callable[[np.ndarray], np.ndarray]
 
 
-def _arg(inputs: Inputs, i: int) -> np.ndarray | None:
-    return inputs[i] if i < len(inputs) else None
-
-
-def _req(inputs: Inputs, i: int) -> np.ndarray:
-    a = _arg(inputs, i)
-    if a is None:
-        raise ValueError(f"required input {i} is missing")
-    return a
-
-
-def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 # --------------------------------------------------------------------------- activations
