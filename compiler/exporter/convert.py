@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from kiln.errors import ExportError
 from kiln.frontend.convert import is_packed, packed_nbytes, type_to_proto
-from kiln.ir.core import KILN_DOMAIN, Attr, AttrKind, Graph, Node, Value
+from kiln.ir.core import KILN_DOMAIN, Attr, AttrKind, Graph, NameAuthority, Node, Value
 from kiln.ir.dtypes import DType
 from kiln.ir.gcpause import paused_gc
 from kiln.ir.tensor import Tensor
@@ -319,8 +319,7 @@ class _Exporter:
         self.kiln_ops = kiln_ops
         self.sink = sink
         self.rename: dict[Value, str] = {}
-        self._taken: set[str] | None = None
-        self._counters: dict[str, int] = {}
+        self._names: NameAuthority | None = None
         self.functions: list[onnx.FunctionProto] = []
         self._function_by_key: dict[Any, str] = {}
         self._function_count: dict[str, int] = {}
@@ -329,8 +328,7 @@ class _Exporter:
         self.min_ir = 4
         self._inline_depth = 0
         self._type_protos: dict[Type, onnx.TypeProto] = {}
-        self._node_names: set[str] = set()
-        self._node_name_counts: dict[str, int] = {}
+        self._node_names = NameAuthority()
 
     # ---- names
 
@@ -338,41 +336,19 @@ class _Exporter:
         return self.rename.get(v, v.name)
 
     def fresh(self, base: str) -> str:
-        if self._taken is None:
+        if self._names is None:  # built on first use: most exports invent no names
             taken: set[str] = set()
             for g in self.root.all_graphs():
                 taken.update(v.name for v in g.inputs)
                 taken.update(g.constants)
                 for node in g:
                     taken.update(o.name for o in node.outputs)
-            self._taken = taken
-        taken = self._taken
-        if base not in taken:
-            taken.add(base)
-            return base
-        k = self._counters.get(base, 0)
-        while True:
-            k += 1
-            candidate = f"{base}_{k}"
-            if candidate not in taken:
-                self._counters[base] = k
-                taken.add(candidate)
-                return candidate
+            self._names = NameAuthority(taken)
+        return self._names.fresh(base)
 
     def node_name(self, name: str) -> str:
         """``name``, or a numbered variant when another node already has it (onnxruntime wants them unique)."""
-        used = self._node_names
-        if name not in used:
-            used.add(name)
-            return name
-        k = self._node_name_counts.get(name, 0)
-        while True:
-            k += 1
-            candidate = f"{name}_{k}"
-            if candidate not in used:
-                self._node_name_counts[name] = k
-                used.add(candidate)
-                return candidate
+        return self._node_names.fresh(name)
 
     # ---- facts the model header needs
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import onnx
-from kiln.ir.core import canonical_domain
+from kiln.ir.core import NameAuthority, canonical_domain
 
 FunctionKey = tuple[str, str, str]
 
@@ -110,9 +110,8 @@ class FunctionInliner:
             if key in self.functions:
                 raise InlineError(f"model-local function {_key_text(key)} is defined twice")
             self.functions[key] = f
-        self._taken: set[str] | None = None
+        self._names: NameAuthority | None = None
         self._initial_taken = taken
-        self._counters: dict[str, int] = {}
         self.max_nodes = max_nodes
         self.expanded = 0
         self.extra_domains: dict[str, int] = {}
@@ -183,20 +182,9 @@ class FunctionInliner:
     # ---- names
 
     def _fresh(self, base: str) -> str:
-        if self._taken is None:
-            self._taken = set(self._initial_taken)
-        taken = self._taken
-        if base not in taken:
-            taken.add(base)
-            return base
-        k = self._counters.get(base, 0)
-        while True:
-            k += 1
-            candidate = f"{base}_{k}"
-            if candidate not in taken:
-                self._counters[base] = k
-                taken.add(candidate)
-                return candidate
+        if self._names is None:  # built on first use: most models have no functions to inline
+            self._names = NameAuthority(self._initial_taken)
+        return self._names.fresh(base)
 
     # ---- expansion
 

@@ -478,13 +478,18 @@ def _remove_use(value: Value, node: Node, index: int) -> None:
 # --------------------------------------------------------------------------- graphs
 
 
-class _NameAuthority:
-    """Keeps value names unique across a graph and all its subgraphs (ONNX requires it)."""
+class NameAuthority:
+    """Hands out unique names: ``base``, then ``base_1``, ``base_2`` ...
+
+    Graphs use one to keep value names unique across a graph and all its
+    subgraphs (ONNX requires it); the ONNX importer and exporter use their own
+    for the names they make up.
+    """
 
     __slots__ = ("taken", "_counters")
 
-    def __init__(self) -> None:
-        self.taken: set[str] = set()
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self.taken: set[str] = set(taken)
         self._counters: dict[str, itertools.count] = {}
 
     def claim(self, name: str) -> None:
@@ -529,7 +534,7 @@ class Graph:
     owns it and shares the root's opsets and name authority.
     """
 
-    def __init__(self, name: str = "main", *, parent: "Node | None" = None, names: _NameAuthority | None = None):
+    def __init__(self, name: str = "main", *, parent: "Node | None" = None, names: NameAuthority | None = None):
         self.name = name
         self.parent = parent
         self.inputs: list[Value] = []
@@ -539,7 +544,7 @@ class Graph:
         self.model = ModelInfo()
         self.doc_string = ""
         self.meta: dict[str, Any] = {}
-        self._names = names if names is not None else _NameAuthority()
+        self._names = names if names is not None else NameAuthority()
         self._head = Node("<sentinel>")
         self._head.graph = self
         self._head._prev = self._head
