@@ -63,7 +63,6 @@ parses at constant stack depth (too deep a nesting is a ParseError too).
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 from collections.abc import Mapping
@@ -71,6 +70,7 @@ from typing import Any
 
 import numpy as np
 from kiln.errors import ParseError
+from kiln.ir.gcpause import paused_gc
 from kiln.ir.core import UNKNOWN_LOCATION, Attr, AttrKind, Graph, Location, Node, Value, canonical_domain
 from kiln.ir.dtypes import DType
 from kiln.ir.printer import ARENA_OFFSET, MissingTensorData, floats_from_text
@@ -154,16 +154,12 @@ def parse_graph(
     Raises:
         kiln.errors.ParseError: the text is malformed; the message has line:column.
     """
-    collecting = gc.isenabled()
-    gc.disable()  # a parse creates millions of objects and no garbage: collecting is wasted time
     parser = _Parser(text, constants or {}, filename)
     try:
-        return parser.parse()
+        with paused_gc():  # a parse creates millions of objects and no garbage
+            return parser.parse()
     except RecursionError:
         raise parser.error("nesting too deep (subgraphs, types or locations)") from None
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def unquote(token: str) -> str:
