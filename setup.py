@@ -105,8 +105,16 @@ setup(
             "huggingface_hub",
             "safetensors",
             "matplotlib",  # kiln inspect --memory --plot
+            # The targets' own runtimes, so every artifact is checked where it runs:
+            # ncnn's Python package and LiteRT's interpreter (with the TFLite
+            # schema bindings the tflite writer uses).  TensorRT's type stubs and
+            # its bindings wheel go in with --no-deps (README): their libraries
+            # come from NVIDIA's index, and the tests only read their names.
+            "ncnn",
+            "ai-edge-litert",
+            "flatbuffers",
         ],
-        "bench": ["onnxslim", "onnxsim", "onnxoptimizer", "rapidocr-onnxruntime>=1.3"],
+        "bench": ["onnxslim", "onnxsim", "onnxoptimizer", "rapidocr-onnxruntime>=1.3", "pnnx", "ncnn", "ai-edge-litert"],
         "ncnn": ["ncnn"],
         "tflite": ["ai-edge-litert", "flatbuffers"],
         "tensorrt": ["tensorrt"],

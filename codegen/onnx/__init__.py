@@ -17,8 +17,16 @@ from kiln.ir.core import Graph
 
 SUFFIX = ".onnx"
 
+# Keys the driver always passes (kiln.driver.compile.STANDARD_OPTIONS); the
+# graph already carries what int8/fp16 did, and shapes were applied at load.
+_STANDARD = ("fp16", "int8", "input_shapes")
 
-def legalize_pipeline() -> str:
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def legalize_pipeline(options: Mapping[str, Any] | None = None) -> str:
     """The pipeline that makes any IR expressible as ONNX: nothing to do."""
     return ""
 
@@ -32,8 +40,9 @@ def emit(graph: Graph, out_dir: str | Path, stem: str, options: Mapping[str, Any
     """
     from kiln.exporter import save
 
-    if options:
-        raise UsageError(f"target onnx has no option {next(iter(options))!r}")
+    unknown = sorted(k for k, v in (options or {}).items() if k not in _STANDARD and v not in (None, False))
+    if unknown:
+        raise UsageError(f"target onnx has no option {_flag(unknown[0])}")
 
     path = Path(out_dir) / f"{stem}{SUFFIX}"
     written = save(graph, path)

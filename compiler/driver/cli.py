@@ -142,7 +142,36 @@ def _add_compile(sub: Any, common: argparse.ArgumentParser) -> None:
     from kiln.calib.cli import add_arguments as add_precision_arguments
 
     add_precision_arguments(p)
+    _add_target_options(p)
     p.set_defaults(func=cmd_compile)
+
+
+def _add_target_options(p: argparse.ArgumentParser) -> None:
+    """Flags that only some targets take; the others refuse them by name."""
+    g = p.add_argument_group("target options")
+    g.add_argument("--nhwc-io", action="store_true", help="tflite: inputs and outputs in NHWC (no boundary Transpose)")
+    g.add_argument("--int8-io", action="store_true", help="tflite with --int8: int8 inputs and outputs instead of float")
+    g.add_argument("--param-bin", action="store_true", help="ncnn: also write the binary <stem>.param.bin")
+    g.add_argument("--c-header", action="store_true", help="ncnn: also write the C headers <stem>.id.h and .mem.h")
+    g.add_argument("--onnx-contrib", action="store_true",
+                   help="onnx: emit onnxruntime's com.microsoft fused ops where they exist")
+    g.add_argument("--workspace", metavar="SIZE", help="tensorrt: builder workspace limit (e.g. 1G)")
+    g.add_argument("--timing-cache", metavar="FILE", help="tensorrt: timing cache to read and update")
+    g.add_argument("--builder-optimization-level", type=int, metavar="N", choices=range(6),
+                   help="tensorrt: builder optimization level 0..5")
+    g.add_argument("--strongly-typed", action="store_true",
+                   help="tensorrt: a strongly typed network instead of FP16/INT8 builder flags")
+
+
+def _target_option_values(args: argparse.Namespace) -> dict[str, object]:
+    """The target options set on the command line, by compile()'s option names."""
+    from kiln.driver.compile import TARGET_OPTIONS
+    from kiln.driver.options import parse_size
+
+    values: dict[str, object] = {key: getattr(args, key) for key in TARGET_OPTIONS}
+    if values["workspace"] is not None:
+        values["workspace"] = parse_size(str(values["workspace"]), "--workspace")
+    return {key: value for key, value in values.items() if value not in (None, False)}
 
 
 def _add_inspect(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -274,6 +303,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             dump_ir_dir=args.dump_ir_dir,
             stop_after=args.stop_after,
             load_passes=args.load_pass,
+            options=_target_option_values(args),
             log=sys.stderr,
             progress=progress,
             **precision,

@@ -6,10 +6,14 @@ The one function behind ``kiln compile`` and ``kiln.compile``::
     print(result.summary())   # kiln: resnet50.onnx -> out/resnet50.onnx  nodes 122 -> 57 ...
 
 Targets are a table: a name maps to the package ``kiln.codegen.<name>``,
-which provides ``legalize_pipeline() -> str`` and
-``emit(graph, out_dir, stem, options) -> list[Path]``.  The optimization
-pipeline (a preset or the caller's text) and the target's legalization run
-as one pipeline under one pass manager.
+which provides ``legalize_pipeline(options) -> str``,
+``emit(graph, out_dir, stem, options) -> list[Path]`` and, where its
+``--fp16``/``--int8`` mean something else than the generic passes (ncnn and
+TFLite store float16 *weights*), ``precision_pipeline(int8, fp16, qopts)``.
+The optimization pipeline (a preset or the caller's text), the precision
+passes and the target's legalization run as one pipeline under one pass
+manager.  ``emit`` always finds ``fp16``, ``int8`` and ``input_shapes`` in
+its options, then the user's target options (:data:`TARGET_OPTIONS`).
 
 Artifacts are emitted into a private staging folder inside ``out_dir`` and
 renamed into place only when everything succeeded, so a failure leaves no
@@ -33,11 +37,30 @@ from kiln.driver.options import InputShapes, format_size, parse_input_shapes, re
 from kiln.errors import UsageError
 from kiln.ir.core import Graph
 
-# Target name -> the package that generates code for it.  Add "ncnn",
-# "tflite" and "tensorrt" here as their packages land.
+# Target name -> the package that generates code for it (see kiln.codegen).
 TARGETS: dict[str, str] = {
     "onnx": "kiln.codegen.onnx",
+    "ncnn": "kiln.codegen.ncnn",
+    "tflite": "kiln.codegen.tflite",
+    "tensorrt": "kiln.codegen.tensorrt",
 }
+
+# Target options the command line offers; each target's ``emit`` refuses the
+# ones that are not for it, so ``--nhwc-io -t ncnn`` is a clear error.
+TARGET_OPTIONS: dict[str, str] = {
+    "nhwc_io": "--nhwc-io",
+    "int8_io": "--int8-io",
+    "param_bin": "--param-bin",
+    "c_header": "--c-header",
+    "onnx_contrib": "--onnx-contrib",
+    "workspace": "--workspace",
+    "timing_cache": "--timing-cache",
+    "builder_optimization_level": "--builder-optimization-level",
+    "strongly_typed": "--strongly-typed",
+}
+
+# Keys every target's ``emit`` finds in its options, whatever the user asked.
+STANDARD_OPTIONS = ("fp16", "int8", "input_shapes")
 
 DEFAULT_LEVEL = 2
 
@@ -96,7 +119,12 @@ def target_module(target: str) -> Any:
     """The codegen package of ``target``; a :class:`UsageError` for an unknown name."""
     if target not in TARGETS:
         raise UsageError(f"unsupported target {target!r} (supported: {', '.join(sorted(TARGETS))})")
-    return importlib.import_module(TARGETS[target])
+    try:
+        return importlib.import_module(TARGETS[target])
+    except ModuleNotFoundError as exc:
+        if exc.name != TARGETS[target]:
+            raise
+        raise UsageError(f"target {target!r} is not part of this kiln build") from None
 
 
 def compile(
@@ -179,8 +207,14 @@ def compile(
 
     if int8 and calibration is None:
         raise UsageError("int8 quantization needs calibration data (--calib DATA)")
-    precision = precision_pipeline(int8, fp16, quantize_options)
-    level, full_text, parsed = _prepare_pipeline(codegen, level, pipeline, load_passes, precision)
+    target_options = _target_options(options, int8=int8, fp16=fp16, input_shapes=shapes)
+    # A target may give the precision flags its own meaning: ncnn's and
+    # TFLite's --fp16 store weights in float16 rather than converting the graph.
+    precision_for = getattr(codegen, "precision_pipeline", precision_pipeline)
+    precision = precision_for(int8, fp16, quantize_options)
+    level, full_text, parsed = _prepare_pipeline(
+        codegen, level, pipeline, load_passes, precision, target_options
+    )
     instruments = _instruments(
         time_passes=time_passes,
         print_ir_after=list(print_ir_after),
@@ -217,7 +251,7 @@ def compile(
     protect = {os.path.realpath(p) for p in _source_files(source, graph)} if source else set()
     calibrated = ctx.extra.get("calibration") if int8 else None
     extra = calibrated.files(stem) if calibrated is not None else None
-    artifacts = _emit(codegen, graph, out, stem, options, protect, extra)
+    artifacts = _emit(codegen, graph, out, stem, target_options, protect, extra)
     return CompileResult(
         source=source,
         target=target,
@@ -245,6 +279,7 @@ def _prepare_pipeline(
     pipeline: str | None,
     load_passes: Iterable[str | os.PathLike[str]],
     precision: str = "",
+    target_options: Mapping[str, Any] | None = None,
 ) -> tuple[int | None, str, Any]:
     """Registers plugin files, then parses preset-or-pipeline plus the target's legalization.
 
@@ -262,9 +297,23 @@ def _prepare_pipeline(
     else:
         level = DEFAULT_LEVEL if level is None else level
         opt_text = _preset(level)
-    parts = (opt_text.strip(), precision.strip(), codegen.legalize_pipeline().strip())
+    legalize = codegen.legalize_pipeline(dict(target_options or {}))
+    parts = (opt_text.strip(), precision.strip(), legalize.strip())
     full_text = ",".join(t for t in parts if t)
     return level, full_text, Pipeline.parse(full_text) if full_text else None
+
+
+def _target_options(
+    options: Mapping[str, Any] | None, *, int8: bool, fp16: bool, input_shapes: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The options ``emit`` receives: the standard keys, then the user's truthy target options."""
+    merged: dict[str, Any] = {"fp16": fp16, "int8": int8, "input_shapes": dict(input_shapes)}
+    for key, value in (options or {}).items():
+        if key in STANDARD_OPTIONS:
+            raise UsageError(f"target option {key!r} is set by compile() itself")
+        if value not in (None, False):
+            merged[key] = value
+    return merged
 
 
 def _preset(level: int) -> str:

@@ -28,10 +28,12 @@ import numpy as np
 from kiln.errors import UsageError
 
 # Artifact suffix -> the runtime bridge that runs it (a module with
-# ``run(artifact, inputs) -> dict[str, np.ndarray]``).  ".param" (ncnn),
-# ".tflite" (LiteRT) and ".engine" (TensorRT) join as their bridges land.
+# ``run(artifact, inputs) -> dict[str, np.ndarray]``, ONNX names and layouts).
 RUNTIMES: dict[str, str] = {
     ".onnx": "kiln.runtime.onnxruntime",
+    ".param": "kiln.runtime.ncnn",
+    ".tflite": "kiln.runtime.litert",
+    ".engine": "kiln.runtime.tensorrt",
 }
 
 DEFAULT_RTOL = 1e-4
@@ -91,7 +93,13 @@ def runtime_for(artifact: str | os.PathLike[str]) -> Any:
     if suffix not in RUNTIMES:
         known = ", ".join(sorted(RUNTIMES))
         raise UsageError(f"no runtime runs {suffix or 'suffix-less'} artifacts (known: {known})", file=os.fspath(artifact))
-    return importlib.import_module(RUNTIMES[suffix])
+    try:
+        return importlib.import_module(RUNTIMES[suffix])
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"the runtime for {suffix} artifacts is not installed ({exc.name}); see the README's extras",
+            file=os.fspath(artifact),
+        ) from None
 
 
 def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

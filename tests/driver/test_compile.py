@@ -36,9 +36,25 @@ def test_summary_line():
 def test_targets_table():
     assert driver_compile.TARGETS["onnx"] == "kiln.codegen.onnx"
     codegen = driver_compile.target_module("onnx")
-    assert codegen.legalize_pipeline() == "" and callable(codegen.emit)
-    with pytest.raises(UsageError, match="supported: onnx"):
-        driver_compile.target_module("ncnn")
+    assert codegen.legalize_pipeline({}) == "" and callable(codegen.emit)
+    assert set(driver_compile.TARGETS) == {"onnx", "ncnn", "tflite", "tensorrt"}
+    with pytest.raises(UsageError, match="supported: ncnn, onnx, tensorrt, tflite"):
+        driver_compile.target_module("caffe")
+
+
+def test_emit_gets_the_standard_options_and_only_truthy_target_options():
+    merged = driver_compile._target_options(
+        {"nhwc_io": True, "param_bin": False, "workspace": None}, int8=False, fp16=True, input_shapes={"x": (1, 3)}
+    )
+    assert merged == {"fp16": True, "int8": False, "input_shapes": {"x": (1, 3)}, "nhwc_io": True}
+    with pytest.raises(UsageError, match="set by compile"):
+        driver_compile._target_options({"fp16": True}, int8=False, fp16=False, input_shapes={})
+
+
+def test_onnx_target_refuses_other_targets_options(tmp_path):
+    codegen = driver_compile.target_module("onnx")
+    with pytest.raises(UsageError, match="target onnx has no option --nhwc-io"):
+        codegen.emit(None, tmp_path, "m", {"fp16": False, "int8": False, "input_shapes": {}, "nhwc_io": True})
 
 
 def _fake_codegen(files: dict[str, bytes], fail: bool = False) -> types.SimpleNamespace:
@@ -52,7 +68,7 @@ def _fake_codegen(files: dict[str, bytes], fail: bool = False) -> types.SimpleNa
             raise ExportError("cannot express node #3")
         return written[:1]  # the others are found in the staging folder anyway
 
-    return types.SimpleNamespace(emit=emit, legalize_pipeline=lambda: "")
+    return types.SimpleNamespace(emit=emit, legalize_pipeline=lambda options=None: "")
 
 
 def test_emit_moves_every_file_into_place(tmp_path):
