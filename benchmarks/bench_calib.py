@@ -41,11 +41,20 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "calib"))
 
 MODELS = {
-    "cls": ("ppocr_cls", "line", dict(size=(48, 192), mode="height", mean=(0.5,), std=(0.5,), channels="bgr")),
-    "rec": ("ppocr_rec", "line", dict(size=(48, 320), mode="height", mean=(0.5,), std=(0.5,), channels="bgr")),
-    "det": ("ppocr_det", "page", dict(size=(320, 320), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                                     channels="bgr")),
+    "cls": ("ppocr_cls", "line", {"size": (48, 192), "mode": "height", "mean": (0.5,), "std": (0.5,),
+                                  "channels": "bgr"}),
+    "rec": ("ppocr_rec", "line", {"size": (48, 320), "mode": "height", "mean": (0.5,), "std": (0.5,),
+                                  "channels": "bgr"}),
+    "det": ("ppocr_det", "page", {"size": (320, 320), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                                  "channels": "bgr"}),
+    # timm resnet50 (random weights, the zoo's TorchScript export) on generated scene-like images
+    "resnet50": ("timm_resnet50_ts", "natural", {"size": (224, 224), "mean": (0.485, 0.456, 0.406),
+                                                 "std": (0.229, 0.224, 0.225)}),
 }
+CLASSIFIERS = ("cls", "rec", "resnet50")  # top-1 agreement is reported for these
+ORT_FULL = {"cls": ("MinMax", "Entropy", "Percentile"), "det": ("MinMax",), "rec": ("MinMax",)}
+"""onnxruntime methods run on every calibration sample; the others (which hold every activation of every
+sample in memory) on --ort-hist-count samples."""
 KILN_CALIBRATORS = ("minmax", "entropy", "percentile", "mse")
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 BATCH = 8
@@ -118,14 +127,38 @@ def child_kiln(model_path: str, calib: str, calibrator: str, out: str, workers: 
     from kiln.passmanager.registry import default_registry
 
     default_registry().discover()
+    calib_seconds = _time_calibration()
     image = ImageOptions(**MODELS[images][2]) if images else None
     start = time.perf_counter()
     config = CalibrationConfig(calib, batch_size=BATCH, workers=workers, progress=False, image=image)
     result = kiln.compile(model_path, "onnx", out, calibration=config,
                           int8=True, quantize_options={"calibrator": calibrator, "keep_float": keep_float or 0}, stem="model")
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rss_mb": _rss_mb(), "artifact": str(Path(out) / "model.onnx"),
+    return {"seconds": seconds, "calib_s": calib_seconds[0], "rss_mb": _rss_mb(),
+            "artifact": str(Path(out) / "model.onnx"),
             "samples": json.loads((Path(out) / "model.calib.json").read_text())["samples"], "stats": result.stats}
+
+
+def _time_calibration() -> list[float]:
+    """Times what the quantize pass spends calibrating: data collection (export, session, runs, histograms)
+    plus range computation, by wrapping the two calls it makes; returns a one-element list filled in later."""
+    import kiln.calib
+    import kiln.passes.quantize.quantize as qpass
+
+    total = [0.0]
+
+    def timed(fn):  # type: ignore[no-untyped-def]
+        def wrapper(*a, **k):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                total[0] += time.perf_counter() - start
+        return wrapper
+
+    kiln.calib.collect = timed(kiln.calib.collect)  # CalibrationConfig.collect calls it through the package
+    qpass.compute_ranges = timed(qpass.compute_ranges)
+    return total
 
 
 class _Reader:
@@ -190,9 +223,72 @@ def child_kl(calib: str, model_path: str) -> dict:
     return out
 
 
+def child_ratio(model_path: str, calib: str, calibrator: str, repeat: int) -> dict:
+    """Calibration alone against float inference, interleaved ``repeat`` times in this process (best of each),
+    so that load from other processes on a shared machine weighs on both sides alike.
+
+    Calibration is what the quantize pass runs: on the graph it sees (after -O2 and the opset upgrade), the
+    executor on the activations its plan quantizes (export, session, every batch, histograms), then the
+    calibrator on every histogram.
+    """
+    import kiln
+    import kiln.calib.executor  # imports are not timed
+    import onnxruntime as ort
+    from kiln.calib import CalibrationConfig, compute_ranges
+    from kiln.passes.quantize.opset import upgrade_opset
+    from kiln.passes.quantize.placement import plan_quantization
+    from kiln.passmanager.registry import default_registry
+
+    default_registry().discover()
+    graph = kiln.load(model_path)
+    kiln.optimize(graph, pipeline="O2")
+    upgrade_opset(graph, 13)
+    names = [v.name for v in plan_quantization(graph).activations()]
+    data = np.load(calib)
+    # Configured as kiln's own calibration session (kiln.calib.executor.make_session): pool threads that do
+    # not spin, so that on a loaded machine neither side wins CPU share by busy-waiting, and CPU time counts
+    # work rather than waiting.
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
+    feed_name = sess.get_inputs()[0].name
+    sess.run(None, {feed_name: data[:BATCH]})
+    floats, cals, float_cpu, cal_cpu = [], [], [], []
+    for _ in range(repeat):
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(data), BATCH):
+            sess.run(None, {feed_name: data[i:i + BATCH]})
+        floats.append(time.perf_counter() - start)
+        float_cpu.append(time.process_time() - cpu)
+        start, cpu = time.perf_counter(), time.process_time()
+        config = CalibrationConfig(calib, batch_size=BATCH, progress=False)
+        stats = config.collect(graph, names, histograms=calibrator != "minmax")
+        compute_ranges(stats, calibrator, names=names)
+        cals.append(time.perf_counter() - start)
+        cal_cpu.append(time.process_time() - cpu)
+    return {"float_s": min(floats), "calib_s": min(cals), "float_cpu_s": min(float_cpu), "calib_cpu_s": min(cal_cpu),
+            "tensors": len(names)}
+
+
+def child_detmem(batches: int, size: int) -> dict:
+    """Entropy calibration of PP-OCR det on ``batches`` batches of one generated text page ``size`` x ``size``,
+    streamed from a Python generator (no data file whose pages would count in RSS); peak RSS at the end."""
+    import kiln
+    import zoo
+    from kiln.calib import calibrate
+
+    graph = kiln.load(zoo.get_model("ppocr_det"))
+    pages = (zoo.text_page((1, 3, size, size), seed=i) for i in range(batches))
+    start = time.perf_counter()
+    result = calibrate(graph, pages, "entropy", batch_size=1, progress=False)
+    return {"seconds": time.perf_counter() - start, "rss_mb": _rss_mb(), "samples": result.samples,
+            "tensors": len(result.ranges)}
+
+
 def child(argv: list[str]) -> None:
     kind = argv[0]
-    fn = {"float": child_float, "kiln": child_kiln, "ort": child_ort, "kl": child_kl}[kind]
+    fn = {"float": child_float, "kiln": child_kiln, "ort": child_ort, "kl": child_kl, "detmem": child_detmem,
+          "ratio": child_ratio}[kind]
     args = [None if a == "-" else (int(a) if a.isdigit() else a) for a in argv[1:]]
     print("RESULT " + json.dumps(fn(*args)))
 
@@ -221,8 +317,24 @@ def accuracy(model: str, float_model: str, quant_model: str, test: str) -> dict:
         outs.append(np.concatenate([sess.run(None, {name: x[i:i + BATCH]})[0] for i in range(0, len(x), BATCH)]))
     ref, got = outs
     out = {"sqnr_db": sqnr_db(ref, got)}
-    if model in ("cls", "rec"):
+    if model in CLASSIFIERS:
         out["top1"] = float((ref.argmax(-1) == got.argmax(-1)).mean())
+    return out
+
+
+def dynamic_batch(model_path: Path, folder: Path) -> Path:
+    """A private copy of ``model_path`` (other tools on a shared machine have been seen rewriting the shipped
+    PP-OCR files in place) whose input and output batch dim is symbolic (timm's exports fix it at 1), so every
+    tool runs it at batch BATCH."""
+    import onnx
+
+    proto = onnx.load(str(model_path))
+    dims = [v.type.tensor_type.shape.dim[0] for v in (*proto.graph.input, *proto.graph.output)
+            if v.type.tensor_type.shape.dim]
+    for d in dims:
+        d.dim_param = "N"
+    out = folder / (model_path.stem + "_batchN.onnx")
+    onnx.save(proto, str(out))
     return out
 
 
@@ -230,6 +342,9 @@ def upgrade(model_path: Path, folder: Path) -> Path:
     import onnx
     from onnx import version_converter
 
+    proto = onnx.load(str(model_path), load_external_data=False)
+    if next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0) >= 13:
+        return model_path
     out = folder / (model_path.stem + "_op13.onnx")
     if not out.exists():
         onnx.save(version_converter.convert_version(onnx.load(str(model_path)), 13), str(out))
@@ -252,6 +367,12 @@ def main() -> int:
     p.add_argument("--ort-hist-count", type=int, default=8,
                    help="samples for onnxruntime's histogram calibrators on det/rec (they keep every activation)")
     p.add_argument("--memory-counts", default="16,64,256", help="sample counts for the memory-flatness run (cls)")
+    p.add_argument("--det-memory", default="50,500",
+                   help="batch counts for the PP-OCR det peak-RSS run (every float tensor, entropy; '' for none)")
+    p.add_argument("--det-memory-size", type=int, default=96, help="page size of that run (default 96)")
+    p.add_argument("--calibrators", default=",".join(KILN_CALIBRATORS), help="kiln calibrators to run")
+    p.add_argument("--ratio-repeat", type=int, default=3,
+                   help="interleaved float/calibration repeats for the calibration ratio (default 3)")
     p.add_argument("--no-ort", action="store_true")
     p.add_argument("--keep-float", default="rec:entropy:8",
                    help="extra kiln rows MODEL:CALIBRATOR:N with --keep-float N (comma-separated; '' for none)")
@@ -262,15 +383,19 @@ def main() -> int:
     rows: list[dict] = []
     for model in args.models.split(","):
         zoo_name = MODELS[model][0]
-        path = zoo.get_model(zoo_name)
+        path = dynamic_batch(zoo.get_model(zoo_name), tmp)
         calib, test = make_data(model, args.count, args.test, tmp)
         base = spawn("float", str(path), str(calib))
         print(f"{model}: float inference of {args.count} samples: {base['seconds']:.3f} s, RSS {base['rss_mb']:.0f} MB",
               flush=True)
-        for cal in KILN_CALIBRATORS:
+        for cal in args.calibrators.split(","):
             r = spawn("kiln", str(path), str(calib), cal, str(tmp / f"{model}_kiln_{cal}"), 1)
             if "error" not in r:
                 r.update(accuracy(model, str(path), r["artifact"], str(test)))
+                ratio = spawn("ratio", str(path), str(calib), cal, args.ratio_repeat)
+                r["calib_ratio"] = ratio["calib_s"] / ratio["float_s"] if "calib_s" in ratio else None
+                r["calib_cpu_ratio"] = ratio["calib_cpu_s"] / ratio["float_cpu_s"] if "calib_s" in ratio else None
+                r["ratio_run"] = ratio
             rows.append({"model": model, "tool": "kiln", "method": cal, "float_s": base["seconds"], **r})
             print(json.dumps(rows[-1]), flush=True)
         for spec in filter(None, args.keep_float.split(",")):
@@ -285,7 +410,7 @@ def main() -> int:
         if not args.no_ort:
             model13 = upgrade(path, tmp)
             for method in ORT_METHODS:
-                count = None if (model == "cls" or method == "MinMax") else args.ort_hist_count
+                count = None if method in ORT_FULL.get(model, ()) else args.ort_hist_count
                 r = spawn("ort", str(model13), str(calib), method, str(tmp / f"{model}_ort_{method}.onnx"), count)
                 if "error" not in r:
                     r.update(accuracy(model, str(path), r["artifact"], str(test)))
@@ -306,44 +431,65 @@ def main() -> int:
             r = spawn("kiln", str(path), str(folder), "entropy", str(tmp / f"mem_{n}"), 1, "cls")
             memory.append({"samples": n, **{k: r.get(k) for k in ("seconds", "rss_mb", "error")}})
             print(json.dumps(memory[-1]), flush=True)
+    det_memory = []
+    for n in [int(c) for c in filter(None, args.det_memory.split(","))]:
+        r = spawn("detmem", n, args.det_memory_size)
+        det_memory.append({"batches": n, **r})
+        print(json.dumps(det_memory[-1]), flush=True)
+    memory = {"cls": memory, "det": det_memory}
     kl = spawn("kl", "-", "-")
     print(json.dumps(kl), flush=True)
     write_report(rows, memory, kl, args, Path(args.out))
     return 0
 
 
-def write_report(rows: list[dict], memory: list[dict], kl: dict, args: argparse.Namespace, out: Path) -> None:
+def write_report(rows: list[dict], memory: dict[str, list[dict]], kl: dict, args: argparse.Namespace, out: Path) -> None:
     import onnxruntime
 
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Calibration: kiln vs onnxruntime.quantization.quantize_static",
         "",
-        f"`python benchmarks/bench_calib.py --models {args.models} --count {args.count} --test {args.test}`; "
-        f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} cores. Synthetic PP-OCR-like images; "
-        "time = calibrate + quantize + save, relative to float inference of the same calibration samples "
-        f"(batch {BATCH}); SQNR and top-1 agreement on {args.test} held-out images.",
+        (f"`python benchmarks/bench_calib.py {' '.join(sys.argv[1:])}`; "
+        f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} cores. Generated images (PP-OCR-like text for cls/rec/det, scene-like for resnet50). "
+        f"1.0 = onnxruntime running the float model over the same calibration samples (batch {BATCH}, session "
+        "made beforehand, best of 3). *calibration*: kiln's data collection (export, session, runs, histograms) "
+        "plus range computation, as the quantize pass runs them, timed alternately with float inference in one "
+        f"process, best of {args.ratio_repeat} each (so that load from other processes weighs on both alike), "
+        "both sessions with non-spinning pool threads; its CPU column is process CPU time, the work done; "
+        "*whole*: load + optimize + calibrate + quantize + save (`kiln.compile`) or onnxruntime's "
+        "`quantize_static`, against the float time measured in its own process. "
+        f"SQNR and top-1 agreement on {args.test} held-out images."),
         "",
-        "| model | tool | method | x float inference | peak RSS MB | output SQNR dB | top-1 agreement | note |",
-        "|---|---|---|---|---|---|---|---|",
+        ("| model | tool | method | calibration x float | calibration CPU x float CPU | whole x float | "
+         "peak RSS MB | output SQNR dB | top-1 agreement | note |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r['error']} | | | | | | |")
             continue
         top1 = f"{r['top1']:.3f}" if "top1" in r else "-"
-        lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {r['seconds'] / r['float_s']:.1f} | "
+        cal = f"{r['calib_ratio']:.2f}" if r.get("calib_ratio") else "-"
+        cpu = f"{r['calib_cpu_ratio']:.2f}" if r.get("calib_cpu_ratio") else "-"
+        lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {cal} | {cpu} | {r['seconds'] / r['float_s']:.2f} | "
                      f"{r['rss_mb']:.0f} | {r['sqnr_db']:.1f} | {top1} | {r.get('note', '')} |")
-    if memory:
+    if memory["cls"]:
         lines += ["", "kiln entropy on cls from a folder of PNG images, peak RSS against the number of samples:", "",
                   "| samples | seconds | peak RSS MB |", "|---|---|---|"]
-        lines += [f"| {m['samples']} | {m['seconds']:.2f} | {m['rss_mb']:.0f} |" for m in memory]
+        lines += [f"| {m['samples']} | {m['seconds']:.2f} | {m['rss_mb']:.0f} |" for m in memory["cls"]]
+    if memory["det"]:
+        lines += ["", (f"kiln entropy on PP-OCR det, every float tensor, batches of one {args.det_memory_size}x"
+                       f"{args.det_memory_size} text page streamed from a generator; peak RSS of the process:"), "",
+                  "| batches | tensors | seconds | peak RSS MB |", "|---|---|---|---|"]
+        lines += [f"| {m['batches']} | {m.get('tensors', '-')} | {m.get('seconds', 0):.1f} | {m.get('rss_mb', 0):.0f} |"
+                  for m in memory["det"]]
     if "kiln_s" in kl:
-        lines += ["", f"KL threshold search, one tensor: kiln (2048 bins of |x|, 128 levels, 1921 candidates) "
+        lines += ["", (f"KL threshold search, one tensor: kiln (2048 bins of |x|, 128 levels, 1921 candidates) "
                       f"{kl['kiln_s'] * 1000:.1f} ms ({'Cython' if kl['native'] else 'numpy'}); onnxruntime "
                       f"{kl['ort_2048_s']:.2f} s at 2048 signed bins ({kl['ort_2048_s'] / kl['kiln_s']:.0f}x), "
                       f"{kl['ort_4096_s']:.2f} s at 4096 signed bins / 256 levels, TensorRT's setting "
-                      f"({kl['ort_4096_s'] / kl['kiln_s']:.0f}x)."]
+                      f"({kl['ort_4096_s'] / kl['kiln_s']:.0f}x).")]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "memory": memory, "kl": kl}, indent=1, default=str))
     print("\n".join(lines))

@@ -7,6 +7,7 @@ for platforms where the extension did not build).
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -68,12 +69,13 @@ def _numpy_array_stats(x: np.ndarray) -> tuple[float, float, float, int, int]:
     return lo, hi, max(abs(lo), abs(hi)), int(finite.size), bad
 
 
-def _numpy_hist_add(hist: np.ndarray, x: np.ndarray, exponent: int) -> None:
+def _numpy_hist_add(hist: np.ndarray, x: np.ndarray, exponent: int, used: int = 0) -> None:
     flat = _flat_real(x)
     mag = np.abs(flat[np.isfinite(flat)]).astype(np.float64)
     bins = np.floor(mag * np.ldexp(1.0, -exponent)).astype(np.int64)
     np.minimum(bins, hist.shape[0] - 1, out=bins)
-    hist += np.bincount(bins, minlength=hist.shape[0]).astype(np.int64)
+    counts = np.bincount(bins)  # as long as the highest bin reached (``used`` is only a hint here)
+    hist[: counts.size] += counts
 
 
 def _numpy_hist_coarsen(hist: np.ndarray, shift: int) -> None:
@@ -89,6 +91,11 @@ def _numpy_hist_coarsen(hist: np.ndarray, shift: int) -> None:
     merged = hist[: (n // group) * group].reshape(-1, group).sum(axis=1)
     hist[:] = 0
     hist[: merged.size] = merged
+
+
+KL_NOISE = 1e-12
+"""KL >= 0: a divergence below this is rounding noise (Q equal to P) and reads as exactly 0 in both twins,
+so ties break the same way (the first such candidate wins)."""
 
 
 def _smooth(d: np.ndarray, eps: float) -> np.ndarray:
@@ -130,7 +137,8 @@ def _numpy_kl_divergences(hist: np.ndarray, num_levels: int = 128, start: int = 
             continue
         pn = ps / total
         qn = qs / qsum.sum()
-        out[i - start] = float(np.sum(pn * np.log(pn / qn)))
+        kl = float(np.sum(pn * np.log(pn / qn)))
+        out[i - start] = 0.0 if kl < KL_NOISE else kl
     return out
 
 
@@ -157,18 +165,28 @@ def _numpy_mse_errors(hist: np.ndarray, bin_width: float, qmax: int = 127, start
 def array_stats(x: np.ndarray) -> tuple[float, float, float, int, int]:
     """(min, max, absmax, finite count, non-finite count) over the finite values of ``x``."""
     flat = _flat_real(x)
+    if flat.size:
+        # numpy's min/max reductions are SIMD (several times faster than a loop that tests every value for
+        # finiteness); NaN or inf anywhere shows in their result, and only then do the careful kernels run.
+        lo, hi = float(np.minimum.reduce(flat)), float(np.maximum.reduce(flat))
+        if math.isfinite(lo) and math.isfinite(hi):
+            lo, hi = lo + 0.0, hi + 0.0  # -0.0 -> 0.0: which signed zero a SIMD reduction returns may vary
+            return lo, hi, max(abs(lo), abs(hi)), int(flat.size), 0
     if _native is not None:
         return _native.array_stats(flat)  # type: ignore[no-any-return]
     return _numpy_array_stats(flat)
 
 
-def hist_add(hist: np.ndarray, x: np.ndarray, exponent: int) -> None:
-    """Adds every finite ``|x|`` to ``hist`` (int64) at bin ``floor(|x| / 2**exponent)``, in place."""
+def hist_add(hist: np.ndarray, x: np.ndarray, exponent: int, used: int = 0) -> None:
+    """Adds every finite ``|x|`` to ``hist`` (int64) at bin ``floor(|x| / 2**exponent)``, in place.
+
+    ``used``: an upper bound on the bins ``x`` reaches (0: unknown), which keeps the scratch space small.
+    """
     flat = _flat_real(x)
     if _native is not None:
-        _native.hist_add(hist, flat, int(exponent))
+        _native.hist_add(hist, flat, int(exponent), int(used))
     else:
-        _numpy_hist_add(hist, flat, int(exponent))
+        _numpy_hist_add(hist, flat, int(exponent), int(used))
 
 
 def hist_coarsen(hist: np.ndarray, shift: int) -> None:

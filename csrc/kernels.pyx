@@ -82,34 +82,62 @@ def array_stats(real_t[::1] x):
     return lo, hi, absmax, n - bad, bad
 
 
-def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent):
+cdef Py_ssize_t HIST_CHUNK = 1 << 30  # elements per flush of the int32 sub-histograms (cannot overflow)
+
+
+def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent, Py_ssize_t used=0):
     """Counts every finite ``|x|`` into bin ``floor(|x| * 2**-exponent)`` of ``hist`` (in place).
 
     ``|x| * 2**-exponent`` is exact in double precision (a power-of-two scale),
     so the bin of a value does not depend on how the data was batched.  A bin
     past the end (the caller grows the exponent first, so only rounding at
-    the very top could cause it) is clamped to the last bin.
+    the very top could cause it) is clamped to the last bin.  ``used``
+    (optional) is an upper bound on the bins the data can reach (from its
+    ``max |x|``): only those are scratch space to clear and add back.
     """
-    cdef Py_ssize_t i, n = x.shape[0], nbins = hist.shape[0], b
-    cdef double scale = ldexp(1.0, -exponent), v, top = <double>nbins
-    # Branch-free in the common case (random signs and ReLU zeros defeat branch prediction);
-    # two interleaved histograms halve the store-to-load stalls of runs of equal bins (zeros).
-    spare_arr = np.zeros(nbins, dtype=np.int64)
-    cdef cnp.int64_t[::1] spare = spare_arr
+    cdef Py_ssize_t i, n = x.shape[0], nbins = hist.shape[0], n4, lo, hi, width
+    cdef double scale = ldexp(1.0, -exponent), v0, v1, v2, v3, top = <double>nbins
+    width = nbins if used <= 0 or used > nbins else used
+    # Four int32 sub-histograms, filled round-robin and summed at the end: runs of equal bins (ReLU zeros)
+    # do not wait on the previous increment of the same counter, and the scratch stays small.
+    sub_arr = np.zeros((4, width), dtype=np.int32)
+    cdef int[:, ::1] sub = sub_arr
     with nogil:
-        for i in range(n):
-            v = fabs(x[i]) * scale
-            if not v < top:  # past the end (rounding at the very top), inf, or NaN: rare
-                if v != v or v == INFINITY:
-                    continue
-                v = top - 1
-            b = <Py_ssize_t>v  # truncation is floor for v >= 0
-            if i & 1:
-                spare[b] += 1
-            else:
-                hist[b] += 1
-        for i in range(nbins):
-            hist[i] += spare[i]
+        lo = 0
+        while lo < n:
+            hi = min(n, lo + HIST_CHUNK)
+            n4 = lo + (hi - lo) - (hi - lo) % 4
+            i = lo
+            while i < n4:
+                v0 = fabs(x[i]) * scale
+                v1 = fabs(x[i + 1]) * scale
+                v2 = fabs(x[i + 2]) * scale
+                v3 = fabs(x[i + 3]) * scale
+                if not (v0 < width and v1 < width and v2 < width and v3 < width):
+                    break  # a value past the scratch (or inf/NaN): the careful loop takes the rest
+                sub[0, <Py_ssize_t>v0] += 1  # truncation is floor for v >= 0
+                sub[1, <Py_ssize_t>v1] += 1
+                sub[2, <Py_ssize_t>v2] += 1
+                sub[3, <Py_ssize_t>v3] += 1
+                i += 4
+            while i < hi:
+                v0 = fabs(x[i]) * scale
+                i += 1
+                if not v0 < top:  # past the end (rounding at the very top), inf, or NaN: rare
+                    if v0 != v0 or v0 == INFINITY:
+                        continue
+                    v0 = top - 1
+                if v0 < width:
+                    sub[0, <Py_ssize_t>v0] += 1
+                else:
+                    hist[<Py_ssize_t>v0] += 1
+            for i in range(width):
+                hist[i] += <cnp.int64_t>sub[0, i] + sub[1, i] + sub[2, i] + sub[3, i]
+                sub[0, i] = 0
+                sub[1, i] = 0
+                sub[2, i] = 0
+                sub[3, i] = 0
+            lo = hi
 
 
 def hist_coarsen(cnp.int64_t[::1] hist, int shift):
@@ -141,6 +169,61 @@ def hist_coarsen(cnp.int64_t[::1] hist, int shift):
                 hist[j] = 0
 
 
+# Taylor coefficients of (1 - x) log(1 - x) = -x + sum_{k>=2} x**k / (k (k - 1)), k = 2 .. 9.
+cdef double[8] _SERIES = [1.0 / 2, 1.0 / 6, 1.0 / 12, 1.0 / 20, 1.0 / 30, 1.0 / 42, 1.0 / 56, 1.0 / 72]
+# The series replaces log(p - eps1) when eps1 / p <= this for every bin (truncation error < 1e-19 p).
+cdef double SERIES_MAX_X = 0.01
+cdef enum:
+    NUM_POWERS = 8
+
+
+cdef double KL_NOISE = 1e-12
+
+
+cdef inline double _clamp_noise(double kl) noexcept nogil:
+    """KL >= 0; a divergence below rounding noise (Q equal to P) is exactly 0, so ties break the same way
+    in both twins (the first such candidate wins)."""
+    return 0.0 if kl < KL_NOISE else kl
+
+
+cdef double _kl_exact(double[::1] hist, Py_ssize_t i, Py_ssize_t L, double p_last, double eps1p,
+                      double eps1q, double logsp, double sum_q, double sum_p, double[::1] lev_sum,
+                      cnp.int64_t[::1] lev_nz, cnp.int64_t[::1] bound, double[::1] logh) noexcept nogil:
+    """The level sums of candidate ``i`` bin by bin (when the series cannot be used); adds no constant term."""
+    cdef Py_ssize_t k, j, lo, hi
+    cdef double kl = 0.0, qj, qlog, pj, x, lp, eps = 1e-4
+    for k in range(L):
+        if lev_nz[k] == 0:
+            continue
+        lo = bound[k]
+        hi = bound[k + 1]
+        qj = lev_sum[k] / lev_nz[k] - eps1q if lev_sum[k] != 0 else eps
+        if qj <= 0:
+            return INFINITY
+        qlog = log(qj / sum_q)
+        for j in range(lo, hi):
+            if j == i - 1:
+                pj = p_last
+                if pj == 0:
+                    continue
+                if pj - eps1p <= 0:
+                    return INFINITY
+                lp = log(pj - eps1p)
+            else:
+                pj = hist[j]
+                if pj == 0:
+                    continue
+                x = eps1p / pj
+                if x >= 1.0:
+                    return INFINITY
+                if x < 1e-4:
+                    lp = logh[j] - x * (1.0 + x * (0.5 + x * (1.0 / 3.0)))
+                else:
+                    lp = logh[j] + log1p(-x)
+            kl = kl + ((pj - eps1p) / sum_p) * (lp - logsp - qlog)
+    return kl
+
+
 def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     """TensorRT's KL-divergence curve over a histogram of ``|x|``.
 
@@ -154,18 +237,25 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     smoothed entry is not positive).  See :mod:`kiln.calib.kl` for the
     reference and the sources.
 
-    Level sums and non-zero counts come from prefix sums (O(levels) per
-    candidate); ``log(h - eps1)`` is ``log(h) + log1p(-eps1 / h)`` with
-    ``log(h)`` computed once per bin, so the inner loop has no ``log`` call
-    for the usual tiny ``eps1 / h``.
+    O(levels) per candidate, not O(bins).  Over P's non-zero bins, with
+    ``e`` P's smoothing ``eps1``, ``Sp * KL = F - log(Sp) W - sum_levels
+    log(Q'_level / Sq) W_level`` where ``F = sum (p - e) log(p - e)`` and
+    ``W = sum (p - e)`` (Q' is constant over a level).  With ``x = e / p``,
+    ``(p - e) log(p - e) = p log p - e log p - e + sum_k e**k / (k (k-1)
+    p**(k-1))``, so F comes from prefix sums of ``p log p``, ``log p`` and
+    ``p**-m`` (m = 1..8): exact to rounding while ``x <= 0.01`` for every
+    bin (the usual case: ``e`` is ``1e-4`` times the ratio of zero to
+    non-zero bins, and counts are >= 1).  A candidate where some bin has a
+    larger ``x`` is summed bin by bin.  P's last bin (with the outliers) is
+    always added on its own.  One ``log`` per level and candidate remains.
 
     Returns:
         float64 array of ``len(hist) - start + 1`` divergences (index 0 is ``i = start``).
     """
-    cdef Py_ssize_t n = hist.shape[0], i, j, k, lo, hi, nz, nzp, nzq, L = num_levels
+    cdef Py_ssize_t n = hist.shape[0], i, j, k, m, lo, hi, b, nz, nzp, nzq, cnt, L = num_levels
     cdef double eps = 1e-4
-    cdef double total, sum_p, sum_q, qsum, pj, qj, qlog, eps1p, eps1q, kl, logsp, p_last, x, lp
-    cdef bint bad
+    cdef double total, sum_p, sum_q, qsum, qj, qlog, eps1p, eps1q, kl, logsp, p_last, e, inv, pw
+    cdef double f, w, w_k, poly, sz
     if start < 1 or num_levels < 1 or start < num_levels:
         raise ValueError("need 1 <= num_levels <= start")
     if n < start:
@@ -176,29 +266,70 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     prefix_arr = np.zeros(n + 1, dtype=np.float64)
     nzpre_arr = np.zeros(n + 1, dtype=np.int64)
     logh_arr = np.zeros(n, dtype=np.float64)
+    plogp_arr = np.zeros(n + 1, dtype=np.float64)
+    logpre_arr = np.zeros(n + 1, dtype=np.float64)
+    # powers[j, m]: prefix sums of p**-(m+1) over the non-zero bins before j (a row is one cache line).
+    powers_arr = np.zeros((n + 1, NUM_POWERS), dtype=np.float64)
+    minpre_arr = np.full(n + 1, INFINITY, dtype=np.float64)
     cdef double[::1] suffix = suffix_arr
     cdef double[::1] prefix = prefix_arr
     cdef cnp.int64_t[::1] nzpre = nzpre_arr
     cdef double[::1] logh = logh_arr
+    cdef double[::1] plogp = plogp_arr
+    cdef double[::1] logpre = logpre_arr
+    cdef double[:, ::1] powers = powers_arr
+    cdef double[::1] minpre = minpre_arr
     lev_sum_arr = np.zeros(num_levels, dtype=np.float64)
     lev_nz_arr = np.zeros(num_levels, dtype=np.int64)
+    bound_arr = np.zeros(num_levels + 1, dtype=np.int64)
     cdef double[::1] lev_sum = lev_sum_arr
     cdef cnp.int64_t[::1] lev_nz = lev_nz_arr
+    cdef cnp.int64_t[::1] bound = bound_arr
+    cdef Py_ssize_t step_q, step_r, acc_q, acc_r
     with nogil:
         for j in range(n - 1, -1, -1):
             suffix[j] = suffix[j + 1] + hist[j]
         for j in range(n):
             prefix[j + 1] = prefix[j] + hist[j]
             nzpre[j + 1] = nzpre[j] + (1 if hist[j] != 0 else 0)
-            logh[j] = log(hist[j]) if hist[j] > 0 else 0.0
+            plogp[j + 1] = plogp[j]
+            logpre[j + 1] = logpre[j]
+            minpre[j + 1] = minpre[j]
+            for m in range(NUM_POWERS):
+                powers[j + 1, m] = powers[j, m]
+            if hist[j] > 0:
+                logh[j] = log(hist[j])
+                plogp[j + 1] += hist[j] * logh[j]
+                logpre[j + 1] += logh[j]
+                if hist[j] < minpre[j + 1]:
+                    minpre[j + 1] = hist[j]
+                inv = 1.0 / hist[j]
+                pw = inv
+                for m in range(NUM_POWERS):
+                    powers[j + 1, m] += pw
+                    pw = pw * inv
+            elif hist[j] < 0:
+                minpre[j + 1] = -INFINITY  # a negative count: every candidate past it is summed bin by bin
         total = suffix[0]
         for i in range(start, n + 1):
             p_last = hist[i - 1] + suffix[i]
+            # Level k holds bins ceil(k i / L) .. ceil((k+1) i / L) - 1; the bounds by increments (no division).
+            step_q = i // L
+            step_r = i % L
+            acc_q = 0
+            acc_r = 0
+            for k in range(num_levels + 1):
+                bound[k] = acc_q + (1 if acc_r > 0 else 0)
+                acc_q += step_q
+                acc_r += step_r
+                if acc_r >= L:
+                    acc_r -= L
+                    acc_q += 1
             nzp = 0
             nzq = 0
             for k in range(num_levels):
-                lo = (k * i + L - 1) // L
-                hi = ((k + 1) * i + L - 1) // L
+                lo = bound[k]
+                hi = bound[k + 1]
                 qsum = prefix[hi] - prefix[lo]
                 nz = nzpre[hi] - nzpre[lo]
                 if hi == i:
@@ -218,43 +349,42 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
             logsp = log(sum_p)
             # Bins where P is zero: P' = Q' = eps, each adding (eps/Sp) log(Sq/Sp).
             kl = (i - nzp) * (eps / sum_p) * log(sum_q / sum_p)
-            bad = False
+            e = eps1p
+            if not (minpre[i - 1] > 0 and e <= SERIES_MAX_X * minpre[i - 1]):
+                res[i - start] = _clamp_noise(kl + _kl_exact(hist, i, L, p_last, eps1p, eps1q, logsp, sum_q,
+                                                             sum_p, lev_sum, lev_nz, bound, logh))
+                continue
+            if p_last != 0 and p_last - e <= 0:
+                res[i - start] = INFINITY
+                continue
+            # F and W over all non-zero bins below i - 1 from the prefix sums, then P's last bin.
+            b = i - 1
+            cnt = nzpre[b]
+            poly = 0.0
+            for m in range(NUM_POWERS - 1, -1, -1):
+                poly = (poly + _SERIES[m] * powers[b, m]) * e
+            f = plogp[b] - e * logpre[b] - cnt * e + e * poly
+            w = prefix[b] - cnt * e
+            if p_last != 0:
+                f = f + (p_last - e) * log(p_last - e)
+                w = w + (p_last - e)
+            # sum over levels of log(Q'/Sq) * W_level (W_level: the level's sum of P - e over non-zero bins).
+            sz = 0.0
             for k in range(num_levels):
                 if lev_nz[k] == 0:
                     continue
-                lo = (k * i + L - 1) // L
-                hi = ((k + 1) * i + L - 1) // L
-                # Q' on this level's non-zero-P bins: the level's share, or eps when the level is empty.
                 qj = lev_sum[k] / lev_nz[k] - eps1q if lev_sum[k] != 0 else eps
                 if qj <= 0:
-                    bad = True
+                    sz = INFINITY
                     break
-                qlog = log(qj / sum_q)
-                for j in range(lo, hi):
-                    if j == i - 1:
-                        pj = p_last
-                        if pj == 0:
-                            continue
-                        if pj - eps1p <= 0:
-                            bad = True
-                            break
-                        lp = log(pj - eps1p)
-                    else:
-                        pj = hist[j]
-                        if pj == 0:
-                            continue
-                        x = eps1p / pj
-                        if x >= 1.0:
-                            bad = True
-                            break
-                        if x < 1e-4:
-                            lp = logh[j] - x * (1.0 + x * (0.5 + x * (1.0 / 3.0)))
-                        else:
-                            lp = logh[j] + log1p(-x)
-                    kl = kl + ((pj - eps1p) / sum_p) * (lp - logsp - qlog)
-                if bad:
-                    break
-            res[i - start] = INFINITY if bad else kl
+                w_k = lev_sum[k] - lev_nz[k] * e
+                if bound[k + 1] == i:
+                    w_k = w_k + suffix[i]
+                sz = sz + log(qj / sum_q) * w_k
+            if sz == INFINITY:
+                res[i - start] = INFINITY
+                continue
+            res[i - start] = _clamp_noise(kl + (f - logsp * w - sz) / sum_p)
     return out
 
 
@@ -265,11 +395,22 @@ def mse_errors(double[::1] hist, double bin_width, int qmax=127, int start=1):
     with step ``s = T / qmax``; every bin's mass sits at its centre ``c``, which
     quantizes to ``min(rint(c / s), qmax) * s``.  Returns the mean squared
     error per candidate (float64, index 0 is ``i = start``).
+
+    Integer counts (every histogram kiln builds) take the O(qmax) path per
+    candidate: in half-bin units a centre is the odd integer ``v = 2j + 1``
+    and level ``q`` is ``2 q s`` = ``d``, so a level's error is ``S2 - 2 d S1
+    + d**2 S0`` from exact int64 prefix sums of ``count * v**k`` (bins join
+    levels by integer arithmetic; a centre exactly between two levels has
+    the same error either way, so tie rounding does not matter).  Other
+    histograms are summed bin by bin.
     """
-    cdef Py_ssize_t n = hist.shape[0], i, j, m = 0
-    cdef double total = 0.0, t, inv_s, s, c, q, err, acc
+    cdef Py_ssize_t n = hist.shape[0], i, j, m = 0, q, lo, hi, K, D, qq, rr, sq, sr
+    cdef double total = 0.0, t, s, c, qv, err, acc, d, s0, s1, s2
+    cdef bint integral = True
     if start < 1:
         raise ValueError("start must be >= 1")
+    if qmax < 1:
+        raise ValueError("qmax must be >= 1")
     if n < start:
         return np.zeros(0, dtype=np.float64)
     out = np.empty(n - start + 1, dtype=np.float64)
@@ -278,6 +419,14 @@ def mse_errors(double[::1] hist, double bin_width, int qmax=127, int start=1):
     count_arr = np.empty(n, dtype=np.float64)
     cdef double[::1] centre = centre_arr
     cdef double[::1] count = count_arr
+    p0_arr = np.zeros(n + 1, dtype=np.int64)
+    p1_arr = np.zeros(n + 1, dtype=np.int64)
+    p2_arr = np.zeros(n + 1, dtype=np.int64)
+    cdef cnp.int64_t[::1] p0 = p0_arr
+    cdef cnp.int64_t[::1] p1 = p1_arr
+    cdef cnp.int64_t[::1] p2 = p2_arr
+    # int64 prefix sums of count * (2n+1)**2 stay exact below this many counts in all.
+    cdef double limit = 4.0e18 / ((2.0 * n + 1.0) * (2.0 * n + 1.0))
     with nogil:
         for j in range(n):
             if hist[j] != 0:
@@ -285,16 +434,60 @@ def mse_errors(double[::1] hist, double bin_width, int qmax=127, int start=1):
                 count[m] = hist[j]
                 total = total + hist[j]
                 m += 1
-        for i in range(start, n + 1):
-            t = i * bin_width
-            s = t / qmax
-            acc = 0.0
-            for j in range(m):
-                c = centre[j]
-                q = nearbyint(c / s)
-                if q > qmax:
-                    q = qmax
-                err = c - q * s
-                acc = acc + count[j] * err * err
-            res[i - start] = acc / total if total > 0 else 0.0
+            if not (hist[j] >= 0 and hist[j] == floor(hist[j])):
+                integral = False
+        if not total < limit:
+            integral = False
+        if integral:
+            for j in range(n):
+                p0[j + 1] = p0[j] + <cnp.int64_t>hist[j]
+                p1[j + 1] = p1[j] + <cnp.int64_t>hist[j] * (2 * j + 1)
+                p2[j + 1] = p2[j] + <cnp.int64_t>hist[j] * (2 * j + 1) * (2 * j + 1)
+            D = 2 * qmax
+            for i in range(start, n + 1):
+                # Bin j joins level floor(((2j+1) qmax + i) / (2i)) (rint, ties up), so level q starts at
+                # bin ceil((2iq - i - qmax) / D): tracked as a quotient and remainder of the numerator
+                # shifted by K*D (keeps it >= 0), stepped by 2i per level (no division in the loop).
+                K = (i + qmax) // D + 1
+                qq = (K * D - i - qmax + D - 1) // D
+                rr = (K * D - i - qmax + D - 1) % D
+                sq = (2 * i) // D
+                sr = (2 * i) % D
+                acc = 0.0
+                lo = 0
+                for q in range(qmax + 1):
+                    # the start of level q + 1 (level qmax takes every bin from its start on)
+                    qq += sq
+                    rr += sr
+                    if rr >= D:
+                        rr -= D
+                        qq += 1
+                    hi = qq - K if q < qmax else n
+                    if hi > n:
+                        hi = n
+                    if hi < lo:
+                        hi = lo
+                    if hi > lo and p0[hi] != p0[lo]:
+                        d = 2.0 * q * i / qmax
+                        s0 = <double>(p0[hi] - p0[lo])
+                        s1 = <double>(p1[hi] - p1[lo])
+                        s2 = <double>(p2[hi] - p2[lo])
+                        acc = acc + ((s2 - d * s1) - d * (s1 - d * s0))
+                    lo = hi
+                    if lo >= n:
+                        break
+                res[i - start] = (acc * 0.25 * bin_width * bin_width) / total if total > 0 else 0.0
+        else:
+            for i in range(start, n + 1):
+                t = i * bin_width
+                s = t / qmax
+                acc = 0.0
+                for j in range(m):
+                    c = centre[j]
+                    qv = nearbyint(c / s)
+                    if qv > qmax:
+                        qv = qmax
+                    err = c - qv * s
+                    acc = acc + count[j] * err * err
+                res[i - start] = acc / total if total > 0 else 0.0
     return out

@@ -71,11 +71,15 @@ class CalibrationConfig:
         return open_source(self.data, specs, image_options=self.image, random_shapes=self.random_shapes,
                            seed=self.seed)
 
-    def collect(self, graph: Any, tensors: Iterable[str] | None = None) -> CalibrationStats:
-        """Runs the executor on ``graph`` for ``tensors`` (all float tensors by default)."""
+    def collect(self, graph: Any, tensors: Iterable[str] | None = None, *, histograms: bool = True) -> CalibrationStats:
+        """Runs the executor on ``graph`` for ``tensors`` (all float tensors by default).
+
+        ``histograms=False`` collects min, max and counts only (``minmax``).
+        """
         specs = input_specs(graph)
         return collect(graph, self.source(specs), tensors=tensors, count=self.count, seed=self.seed,
-                       batch_size=self.batch_size, workers=self.workers, progress=self.progress, specs=specs)
+                       batch_size=self.batch_size, workers=self.workers, progress=self.progress, specs=specs,
+                       histograms=histograms)
 
 
 def calibrate(graph: Any, data: Any, calibrator: str = "entropy", *, count: int | None = None, seed: int = 0,
@@ -91,7 +95,8 @@ def calibrate(graph: Any, data: Any, calibrator: str = "entropy", *, count: int 
     start = time.perf_counter()
     config = CalibrationConfig(data, count=count, seed=seed, batch_size=batch_size, workers=workers,
                                image=image, progress=progress)
-    stats = data if isinstance(data, CalibrationStats) else config.collect(graph, tensors)
+    stats = data if isinstance(data, CalibrationStats) else config.collect(graph, tensors,
+                                                                          histograms=calibrator != "minmax")
     ranges = compute_ranges(stats, calibrator, percentile=percentile)
     return CalibrationResult(calibrator, stats.samples, ranges, seconds=time.perf_counter() - start)
 

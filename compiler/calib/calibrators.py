@@ -33,6 +33,7 @@ import numpy as np
 from kiln import kernels
 from kiln.calib.histogram import ANALYSIS_BINS, CalibrationStats, TensorHistogram
 from kiln.calib.kl import kl_threshold
+from kiln.errors import UsageError
 
 QMAX = 127
 DEFAULT_PERCENTILE = 99.99
@@ -129,6 +130,9 @@ def compute_ranges(stats: CalibrationStats, calibrator: str = "entropy", *,
     """
     if calibrator not in CALIBRATORS:
         raise ValueError(f"unknown calibrator {calibrator!r} (choose from {', '.join(CALIBRATORS)})")
+    if not stats.histograms and calibrator != "minmax":
+        raise UsageError(f"the {calibrator} calibrator needs histograms; these statistics were collected "
+                         "for minmax (min and max only)")
     wanted = [n for n in (stats.tensors if names is None else names) if n in stats.tensors]
 
     def one(name: str) -> TensorRange:

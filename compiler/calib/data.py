@@ -107,6 +107,10 @@ class Source:
     def describe(self) -> str:
         return type(self).__name__
 
+    def locate(self, index: int) -> str:
+        """Where sample ``index`` comes from, for error messages (a file, where there is one)."""
+        return self.describe()
+
 
 def _split(name: str, array: np.ndarray, spec: InputSpec | None, where: str) -> np.ndarray:
     """``array`` as ``[N, ...]`` samples of input ``spec``."""
@@ -208,6 +212,9 @@ class ArrayFileSource(Source):
     def describe(self) -> str:
         return os.fspath(self.path)
 
+    def locate(self, index: int) -> str:
+        return os.fspath(self.path)
+
 
 class ConcatSource(Source):
     """Several sources one after the other (a folder of ``.npy``/``.npz`` files)."""
@@ -231,13 +238,21 @@ class ConcatSource(Source):
     def length(self) -> int:
         return self._offsets()[-1]
 
-    def sample(self, index: int) -> Sample:
+    def _part(self, index: int) -> tuple[Source, int]:
         starts = self._offsets()
         k = bisect.bisect_right(starts, index) - 1
-        return self.parts[k].sample(index - starts[k])
+        return self.parts[k], index - starts[k]
+
+    def sample(self, index: int) -> Sample:
+        part, local = self._part(index)
+        return part.sample(local)
 
     def describe(self) -> str:
         return self.label
+
+    def locate(self, index: int) -> str:
+        part, local = self._part(index)
+        return f"{part.locate(local)}, sample {local}"
 
 
 class ImageFolderSource(Source):
@@ -261,6 +276,9 @@ class ImageFolderSource(Source):
 
     def describe(self) -> str:
         return f"{self.label} ({len(self.files)} images)"
+
+    def locate(self, index: int) -> str:
+        return os.fspath(self.files[index])
 
 
 class ArraysSource(Source):
@@ -436,23 +454,63 @@ def select(source: Source, count: int | None, seed: int = 0) -> list[int] | None
         return None
     if n == 0:
         raise UsageError(f"calibration data {source.describe()} holds no samples")
-    if count is None or count >= n:
-        if count is not None and count > n:
-            logger.warning("--calib-count %d: the data holds only %d samples; using all of them", count, n)
+    if count is not None and count > n:
+        raise UsageError(f"--calib-count {count}: {source.describe()} holds only {n} samples")
+    if count is None or count == n:
         return list(range(n))
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.choice(n, size=count, replace=False))
 
 
-def iter_samples(source: Source, indices: Sequence[int] | None, count: int | None = None) -> Iterator[Sample]:
+def iter_samples(source: Source, indices: Sequence[int] | None, count: int | None = None,
+                 specs: Sequence[InputSpec] | None = None) -> Iterator[Sample]:
+    """The selected samples (every one checked against ``specs`` when given: see :func:`check_sample`)."""
     if indices is not None:
         for i in indices:
-            yield source.sample(i)
+            sample = source.sample(i)
+            if specs is not None:
+                check_sample(sample, specs, source.locate(i), i)
+            yield sample
         return
     for k, sample in enumerate(source):
         if count is not None and k >= count:
             return
+        if specs is not None:
+            check_sample(sample, specs, source.locate(k), k)
         yield sample
+
+
+def _dims(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in shape) + "]"
+
+
+def check_sample(sample: Sample, specs: Sequence[InputSpec], where: str, index: int) -> None:
+    """Refuses a sample whose arrays do not fit the inputs: element kind, per-sample shape, NaN/inf.
+
+    Raises:
+        UsageError: naming ``where`` (the file), the sample, the input and what was expected.
+    """
+    for spec in specs:
+        arr = sample.get(spec.name)
+        if arr is None:
+            raise UsageError(f"{where}: sample {index} has no array for input {spec.name!r}")
+        arr = np.asarray(arr)
+        want, got = spec.dtype.kind, arr.dtype.kind
+        fits = (got == "f" if want == "f" else got in "iu" if want in "iu" else got == want)
+        if not fits:
+            raise UsageError(f"{where}: input {spec.name!r} takes {spec.dtype} values; the data holds {arr.dtype}")
+        if spec.shape is not None:
+            expected = tuple(spec.shape[1:])
+            bad = arr.ndim != len(expected) or any(
+                isinstance(d, int) and d > 0 and d != a for d, a in zip(expected, arr.shape))
+            if bad:
+                raise UsageError(
+                    f"{where}: sample {index} of input {spec.name!r} has shape {list(arr.shape)}; the model takes "
+                    f"{_dims(expected)} per sample (input shape {_dims(spec.shape)})")
+        if got == "f" and not np.isfinite(arr).all():
+            n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            raise UsageError(f"{where}: sample {index} of input {spec.name!r} holds {n_bad} NaN or inf value"
+                             f"{'s' if n_bad != 1 else ''}; calibration data must be finite")
 
 
 def batch_size_for(specs: Sequence[InputSpec], requested: int | None) -> int:

@@ -2,9 +2,11 @@
 
 The graph is exported with :func:`kiln.to_onnx` and every tensor to calibrate
 is added as a graph output.  Each batch runs once; each returned activation
-is reduced at once into its :class:`~kiln.calib.histogram.TensorHistogram`
-and dropped, so memory is one batch's activations plus the fixed-size
-histograms, whatever the number of samples.
+is reduced into its :class:`~kiln.calib.histogram.TensorHistogram` and
+dropped, so memory is at most two batches' activations plus the fixed-size
+histograms, whatever the number of samples: batch k is reduced on a helper
+thread while onnxruntime runs batch k + 1 (both release the GIL).  With
+``histograms=False`` (``minmax``) only min, max and counts are kept.
 
 ``workers > 1`` splits the selected samples into chunks handed to worker
 processes (``spawn``: no onnxruntime state is forked), each with its own
@@ -20,7 +22,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,9 @@ def make_session(model: bytes | str, threads: int | None = None) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # onnxruntime's pool threads spin between ops by default; the histogram thread runs beside them
+    # (see _run), and spinning threads would take its core.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -112,27 +117,48 @@ class _Job:
     static_batch: bool
     num_bins: int
     threads: int | None
+    histograms: bool = True
 
 
 def _run(job: _Job, session: Any, indices: Sequence[int] | None, count: int | None,
          on_batch: Callable[[int], None] | None = None) -> CalibrationStats:
-    stats = CalibrationStats(num_bins=job.num_bins)
-    samples = iter_samples(job.source, indices, count)
-    for feed, n in iter_batches(samples, job.specs, job.batch_size, static_batch=job.static_batch):
-        try:
-            outputs = session.run(job.fetch, feed)
-        except Exception as exc:
-            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feed.items())
-            raise KilnError(f"onnxruntime failed on a calibration batch ({shapes}): {' '.join(str(exc).split())}") from exc
+    stats = CalibrationStats(num_bins=job.num_bins, histograms=job.histograms)
+    samples = iter_samples(job.source, indices, count, job.specs)
+
+    def reduce(outputs: list[Any], feed: dict[str, Any]) -> None:
         for name, arr in zip(job.fetch, outputs):
             stats.observe(name, arr)
-        del outputs
         for name in job.observed_inputs:
             stats.observe(name, feed[name])
-        stats.samples += n
-        if on_batch is not None:
-            on_batch(n)
+
+    # Batch k is reduced on a helper thread while onnxruntime runs batch k + 1 (both release the GIL), so
+    # the histograms cost little wall time where onnxruntime leaves a core idle; at most two batches'
+    # activations are alive at once.  One helper thread: the reductions stay in batch order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-calib-reduce") as reducer:
+        pending: Future[None] | None = None
+        pending_n = 0
+        for feed, n in iter_batches(samples, job.specs, job.batch_size, static_batch=job.static_batch):
+            try:
+                outputs = session.run(job.fetch, feed)
+            except Exception as exc:
+                shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feed.items())
+                raise KilnError(f"onnxruntime failed on a calibration batch ({shapes}): "
+                                f"{' '.join(str(exc).split())}") from exc
+            if pending is not None:
+                pending.result()
+                _done(stats, pending_n, on_batch)
+            pending, pending_n = reducer.submit(reduce, outputs, feed), n
+            del outputs, feed
+        if pending is not None:
+            pending.result()
+            _done(stats, pending_n, on_batch)
     return stats
+
+
+def _done(stats: CalibrationStats, n: int, on_batch: Callable[[int], None] | None) -> None:
+    stats.samples += n
+    if on_batch is not None:
+        on_batch(n)
 
 
 # Worker-process state (one session per process).
@@ -161,6 +187,7 @@ def collect(
     num_bins: int = NUM_BINS,
     progress: bool | None = None,
     specs: Sequence[InputSpec] | None = None,
+    histograms: bool = True,
 ) -> CalibrationStats:
     """Runs ``graph`` on the calibration samples and returns the statistics of ``tensors``.
 
@@ -175,6 +202,7 @@ def collect(
         num_bins: stored histogram bins per tensor.
         progress: draw a progress bar on stderr (default: when it is a terminal).
         specs: the graph's inputs (default: read from ``graph``).
+        histograms: collect histograms (False: min, max and counts only, enough for ``minmax``).
     """
     specs = list(specs) if specs is not None else input_specs(graph)
     batch = batch_size_for(specs, batch_size)
@@ -192,13 +220,13 @@ def collect(
     bar = ProgressBar(total, enabled=progress)
     try:
         if workers == 1:
-            job = _Job("", fetch, observed, source, specs, batch, static, num_bins, None)
+            job = _Job("", fetch, observed, source, specs, batch, static, num_bins, None, histograms)
             session = make_session(model)
             stats = _run(job, session, indices, count if indices is None else None, bar.update)
         else:
             assert indices is not None
             stats = _collect_parallel(model, fetch, observed, source, specs, batch, static, num_bins,
-                                      indices, workers, bar)
+                                      indices, workers, bar, histograms)
     finally:
         bar.close()
     if stats.samples == 0:
@@ -209,18 +237,18 @@ def collect(
 
 def _collect_parallel(model: bytes, fetch: list[str], observed: list[str], source: Source,
                       specs: list[InputSpec], batch: int, static: bool, num_bins: int,
-                      indices: list[int], workers: int, bar: ProgressBar) -> CalibrationStats:
+                      indices: list[int], workers: int, bar: ProgressBar, histograms: bool = True) -> CalibrationStats:
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     per_chunk = max(batch, math.ceil(len(indices) / (workers * 4)))
     per_chunk = math.ceil(per_chunk / batch) * batch
     chunks = [indices[i:i + per_chunk] for i in range(0, len(indices), per_chunk)]
-    stats = CalibrationStats(num_bins=num_bins)
+    stats = CalibrationStats(num_bins=num_bins, histograms=histograms)
     with tempfile.TemporaryDirectory(prefix="kiln-calib-") as tmp:
         path = Path(tmp) / "calibration.onnx"
         path.write_bytes(model)
-        job = _Job(os.fspath(path), fetch, observed, source, specs, batch, static, num_bins, threads)
+        job = _Job(os.fspath(path), fetch, observed, source, specs, batch, static, num_bins, threads, histograms)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                  initargs=(job,)) as pool:

@@ -111,7 +111,21 @@ class TensorHistogram:
         if finite == 0:
             return
         self.grow(exponent_for(absmax, self.num_bins))
-        kernels.hist_add(self.bins, flat, self.exponent)
+        used = min(self.num_bins, int(math.ldexp(absmax, -self.exponent)) + 1)
+        kernels.hist_add(self.bins, flat, self.exponent, used)
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += finite
+
+    def observe_range(self, x: np.ndarray) -> None:
+        """Adds ``x`` to the min, max and counts only (for ``minmax``, which reads nothing else)."""
+        flat = kernels._flat_real(x)
+        if flat.size == 0:
+            return
+        lo, hi, _, finite, bad = kernels.array_stats(flat)
+        self.nonfinite += bad
+        if finite == 0:
+            return
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
         self.count += finite
@@ -211,20 +225,29 @@ class TensorHistogram:
 
 @dataclass
 class CalibrationStats:
-    """Histograms of many tensors, by value name, and the number of samples behind them."""
+    """Histograms of many tensors, by value name, and the number of samples behind them.
+
+    ``histograms=False`` keeps only each tensor's min, max and counts (all that
+    ``minmax`` reads; the bins stay empty and the other calibrators refuse them).
+    """
 
     tensors: dict[str, TensorHistogram] = field(default_factory=dict)
     samples: int = 0
     num_bins: int = NUM_BINS
+    histograms: bool = True
 
     def observe(self, name: str, x: np.ndarray) -> None:
         h = self.tensors.get(name)
         if h is None:
             h = self.tensors[name] = TensorHistogram(self.num_bins)
-        h.observe(x)
+        if self.histograms:
+            h.observe(x)
+        else:
+            h.observe_range(x)
 
     def merge(self, other: CalibrationStats) -> CalibrationStats:
         """Adds ``other`` (exactly); returns self."""
+        self.histograms = self.histograms and other.histograms
         for name, h in other.tensors.items():
             mine = self.tensors.get(name)
             if mine is None:
@@ -247,18 +270,20 @@ class CalibrationStats:
         return len(self.tensors)
 
     def state(self) -> dict[str, Any]:
-        return {"samples": self.samples, "num_bins": self.num_bins,
+        return {"samples": self.samples, "num_bins": self.num_bins, "histograms": self.histograms,
                 "tensors": {k: v.state() for k, v in self.tensors.items()}}
 
     @staticmethod
     def from_state(state: Mapping[str, Any]) -> CalibrationStats:
-        stats = CalibrationStats(samples=int(state["samples"]), num_bins=int(state["num_bins"]))
+        stats = CalibrationStats(samples=int(state["samples"]), num_bins=int(state["num_bins"]),
+                                 histograms=bool(state.get("histograms", True)))
         stats.tensors = {k: TensorHistogram.from_state(v) for k, v in state["tensors"].items()}
         return stats
 
     def save(self, path: str) -> None:
         """Writes the histograms to an ``.npz`` (plain arrays; read back with :meth:`load`)."""
-        arrays: dict[str, np.ndarray] = {"__samples__": np.array([self.samples, self.num_bins], dtype=np.int64)}
+        arrays: dict[str, np.ndarray] = {
+            "__samples__": np.array([self.samples, self.num_bins, int(self.histograms)], dtype=np.int64)}
         names = sorted(self.tensors)
         arrays["__names__"] = np.array(names, dtype=np.str_)
         for i, name in enumerate(names):
@@ -271,8 +296,9 @@ class CalibrationStats:
     @staticmethod
     def load(path: str) -> CalibrationStats:
         with np.load(path, allow_pickle=False) as data:
-            samples, num_bins = (int(v) for v in data["__samples__"])
-            stats = CalibrationStats(samples=samples, num_bins=num_bins)
+            head = [int(v) for v in data["__samples__"]]
+            samples, num_bins = head[:2]
+            stats = CalibrationStats(samples=samples, num_bins=num_bins, histograms=bool(head[2]) if len(head) > 2 else True)
             for i, name in enumerate(data["__names__"].tolist()):
                 lo, hi = data[f"m{i}"].tolist()
                 exponent, count, bad = data[f"c{i}"].tolist()

@@ -69,6 +69,8 @@ class CalibrationResult:
     kept_float: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    source: str | None = field(default=None, compare=False, repr=False)
+    """The file the table was read from (for error messages; never written)."""
 
     # ---- writers
 
@@ -144,7 +146,7 @@ def read_json(path: str | os.PathLike[str]) -> CalibrationResult:
     if doc.get("version") != TABLE_VERSION:
         raise UsageError(f"{where}: calibration table version {doc.get('version')!r} is not supported")
     try:
-        result = CalibrationResult(str(doc["calibrator"]), int(doc["samples"]))
+        result = CalibrationResult(str(doc["calibrator"]), int(doc["samples"]), source=where)
         for name, r in doc["activations"].items():
             t = float(r["threshold"])
             if not (t > 0 and math.isfinite(t)):

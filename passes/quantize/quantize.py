@@ -109,17 +109,19 @@ class Quantize(Pass):
         if isinstance(cal, CalibrationResult):
             missing = [n for n in names if n not in cal.ranges]
             if missing:
+                where = f"{cal.source}: " if cal.source else ""
                 raise UsageError(
-                    f"the calibration table has no range for tensor {missing[0]!r} "
+                    f"{where}the calibration table has no range for tensor {missing[0]!r} "
                     f"({len(missing)} of {len(names)} missing); was it made for this model and pipeline?"
                 )
             return {n: cal.ranges[n] for n in names}, cal.samples
+        histograms = self.calibrator != "minmax"  # minmax reads min/max only: no histogram to fill
         if isinstance(cal, CalibrationStats):
             stats = cal
         elif isinstance(cal, CalibrationConfig):
-            stats = cal.collect(graph, names)
+            stats = cal.collect(graph, names, histograms=histograms)
         else:
-            stats = CalibrationConfig(cal).collect(graph, names)
+            stats = CalibrationConfig(cal).collect(graph, names, histograms=histograms)
         missing = [n for n in names if n not in stats]
         if missing:
             raise UsageError(f"calibration statistics have no histogram for tensor {missing[0]!r}")

@@ -1,4 +1,5 @@
-"""PP-OCR-like calibration images, generated: text-line crops (cls, rec) and text pages (det).
+"""PP-OCR-like calibration images, generated: text-line crops (cls, rec) and text pages (det); and
+scene-like images for ImageNet classifiers (``natural``).
 
 No image ships with rapidocr_onnxruntime, so the tests and benchmarks draw their own, the way
 text-recognition data sets are synthesized: random words in a TrueType font (DejaVu when the system
@@ -106,14 +107,46 @@ def text_page(rng: np.random.Generator, size: tuple[int, int] = (320, 320)):  # 
     return _finish(img, rng)
 
 
+def natural(rng: np.random.Generator, size: tuple[int, int] = (256, 256)):  # type: ignore[no-untyped-def]
+    """A scene-like photo for ImageNet classifiers: sky-to-ground gradient, textured (1/f) noise, soft
+    blobs and shapes of random colours, blur and sensor noise; not a real photo, but with the smooth
+    regions, edges and colour statistics that make CNN activations look like they do on photos."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    h, w = size
+    top, bottom = rng.integers(0, 256, size=3), rng.integers(0, 256, size=3)
+    t = np.linspace(0.0, 1.0, h)[:, None, None]
+    arr = (1 - t) * top[None, None, :] + t * bottom[None, None, :] + np.zeros((h, w, 3))
+    # 1/f noise: natural images' power spectrum
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    f = np.sqrt(fx**2 + fy**2)
+    f[0, 0] = 1.0
+    for c in range(3):
+        spectrum = (rng.normal(size=(h, w)) + 1j * rng.normal(size=(h, w))) / f
+        field = np.real(np.fft.ifft2(spectrum))
+        arr[:, :, c] += field / (field.std() + 1e-9) * rng.uniform(10, 40)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 9))):
+        x0, y0 = int(rng.integers(-w // 4, w)), int(rng.integers(-h // 4, h))
+        x1, y1 = x0 + int(rng.integers(w // 10, w // 2)), y0 + int(rng.integers(h // 10, h // 2))
+        fill = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        (draw.ellipse if rng.random() < 0.6 else draw.rectangle)([x0, y0, x1, y1], fill=fill)
+    img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.5))))
+    return _finish(img, rng)
+
+
 def write_images(folder: str | Path, kind: str = "line", count: int = 64, seed: int = 0) -> list[Path]:
-    """Writes ``count`` PNG images of ``kind`` ("line" or "page") into ``folder``; returns their paths."""
+    """Writes ``count`` PNG images of ``kind`` ("line", "page" or "natural") into ``folder``; returns their paths."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
+    makers = {"line": text_line, "page": text_page, "natural": natural}
+    if kind not in makers:
+        raise ValueError(f"unknown image kind {kind!r}")
     for i in range(count):
-        img = text_line(rng) if kind == "line" else text_page(rng)
+        img = makers[kind](rng)
         path = out / f"{kind}_{i:04d}.png"
         img.save(path)
         paths.append(path)

@@ -107,3 +107,80 @@ def test_numpy_fallback_in_a_fresh_process():
     h.observe(np.random.default_rng(0).standard_normal(100000).astype("f4"))
     here = [repr(h.exponent), str(h.bins.sum())] + [str(threshold(h, c)) for c in ("minmax", "entropy", "percentile", "mse")]
     assert out.split() == here
+
+
+def _analysis(x: np.ndarray, bins: int = 2048) -> np.ndarray:
+    x = np.abs(x)
+    return np.histogram(x, bins=bins, range=(0, x.max()))[0].astype(np.float64)
+
+
+@native
+@pytest.mark.parametrize("case", ["dense", "sparse", "few-values", "fractional", "tiny-counts", "huge-counts"])
+@pytest.mark.parametrize("levels,start", [(128, 128), (32, 32), (128, 300), (7, 64)])
+def test_kl_prefix_sum_form_matches_the_bin_by_bin_twin(case, levels, start):
+    """The O(levels) kernel (series of prefix sums, or bin by bin where the series does not hold) against the
+    numpy twin, which builds P and Q for every candidate."""
+    rng = np.random.default_rng(7)
+    if case == "dense":
+        hist = _analysis(rng.laplace(size=500_000))
+    elif case == "sparse":  # most bins empty: eps1/p is large and candidates go bin by bin
+        hist = _analysis(np.concatenate([rng.standard_normal(3000), rng.uniform(0, 40, 30)]))
+    elif case == "few-values":  # Q equals P for many candidates: divergences at rounding noise, read as 0
+        hist = _analysis(np.round(rng.standard_normal(3000) * 3))
+    elif case == "fractional":
+        hist = _analysis(rng.standard_normal(200_000)) * 0.37 + 0.01
+    elif case == "tiny-counts":
+        hist = _analysis(rng.standard_normal(400))
+    else:
+        hist = _analysis(rng.standard_normal(100_000)) * 1e7
+    a = kernels._native.kl_divergences(hist, levels, start)
+    b = kernels._numpy_kl_divergences(hist, levels, start)
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+    finite = np.isfinite(b)
+    np.testing.assert_allclose(a[finite], b[finite], rtol=1e-9, atol=1e-12)
+    assert np.argmin(a) == np.argmin(b)
+
+
+@native
+@pytest.mark.parametrize("qmax", [1, 7, 127])
+@pytest.mark.parametrize("start", [1, 5, 300])
+@pytest.mark.parametrize("case", ["relu", "spiky", "fractional", "huge-total"])
+def test_mse_level_sums_match_the_bin_by_bin_twin(qmax, start, case):
+    """Integer counts take the O(qmax) level-sum path, others the bin-by-bin loop; both equal the twin."""
+    rng = np.random.default_rng(qmax + start)
+    x = np.maximum(rng.standard_normal(300_000), 0) if case != "spiky" else np.abs(_data("spiky", 100_000, 2))
+    hist = _analysis(x, 1024)
+    if case == "fractional":
+        hist = hist * 0.5 + 0.25
+    elif case == "huge-total":  # past the exact int64 range: the bin-by-bin loop
+        hist = hist * 1e13
+    width = float(x.max()) / 1024
+    a = kernels._native.mse_errors(hist, width, qmax, start)
+    b = kernels._numpy_mse_errors(hist, width, qmax, start)
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=0)
+    assert np.argmin(a) == np.argmin(b)
+
+
+@native
+def test_hist_add_used_is_only_a_hint():
+    """Values past the ``used`` scratch still land in their bins (the careful loop), and so do inf/NaN neighbours."""
+    rng = np.random.default_rng(3)
+    x = (rng.laplace(size=10_001) * 100).astype(np.float32)
+    x[7] = np.inf
+    expected = np.zeros(1 << 14, dtype=np.int64)
+    kernels._numpy_hist_add(expected, x, -2)
+    for used in (0, 1, 5, 300, 1 << 14, 1 << 20):
+        got = np.zeros(1 << 14, dtype=np.int64)
+        kernels._native.hist_add(got, x, -2, used)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_array_stats_fast_path_matches_the_kernels():
+    x = (np.random.default_rng(5).standard_normal(4097) * 3).astype(np.float32)
+    assert kernels.array_stats(x) == kernels._numpy_array_stats(x)
+    x[100] = np.nan
+    assert kernels.array_stats(x) == kernels._numpy_array_stats(x)
+    zeros = np.array([-0.0, 0.0, -0.0], dtype=np.float32)
+    lo, hi, absmax, finite, bad = kernels.array_stats(zeros)
+    assert (lo, hi, absmax, finite, bad) == (0.0, 0.0, 0.0, 3, 0) and str(lo) == "0.0"

@@ -79,7 +79,7 @@ def test_calibrate_api_and_iterable(graph):
 
 
 def test_bad_data_shape_is_a_clear_error(graph):
-    with pytest.raises(kiln.errors.KilnError, match="calibration batch"):
+    with pytest.raises(UsageError, match=r"sample 0 of input 'x' has shape \[3, 5, 5\]; the model takes \[3, 8, 8\]"):
         collect(graph, open_source(np.zeros((2, 3, 5, 5), np.float32), input_specs(graph)))
 
 
@@ -131,3 +131,39 @@ def test_peak_rss_flat_in_sample_count(tmp_path):
     # 512 samples of 64x64 activations would be ~800 MB if they were kept; allow noise only.
     assert growth_mb < 24, runs
     assert runs[16]["rss_kb"] < 400 * 1024  # the measurement is of the child, not of pytest
+
+
+def test_minmax_collects_no_histograms_and_gives_the_same_ranges(graph, tmp_path):
+    from kiln.calib import CalibrationStats, compute_ranges
+
+    data = samples(12)
+    full = collect(graph, open_source(data, input_specs(graph)), batch_size=4)
+    lean = collect(graph, open_source(data, input_specs(graph)), batch_size=4, histograms=False)
+    assert not lean.histograms and all(not lean[n].bins.any() for n in lean)
+    assert compute_ranges(lean, "minmax") == compute_ranges(full, "minmax")
+    with pytest.raises(UsageError, match="entropy calibrator needs histograms"):
+        compute_ranges(lean, "entropy")
+    lean.save(str(tmp_path / "s.npz"))
+    assert not CalibrationStats.load(str(tmp_path / "s.npz")).histograms
+    assert not CalibrationStats.from_state(lean.state()).histograms
+    assert not CalibrationStats().merge(lean).histograms
+    # calibrate() picks the lean collection for minmax by itself
+    assert calibrate(graph, data, "minmax", batch_size=4).ranges == compute_ranges(full, "minmax")
+
+
+def test_pipelined_reduction_propagates_errors(graph, monkeypatch):
+    """A failure while reducing a batch on the helper thread surfaces in the caller, not silently."""
+    from kiln.calib import histogram
+
+    calls = {"n": 0}
+    real = histogram.TensorHistogram.observe
+
+    def flaky(self, x):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise RuntimeError("reduction failed")
+        return real(self, x)
+
+    monkeypatch.setattr(histogram.TensorHistogram, "observe", flaky)
+    with pytest.raises(RuntimeError, match="reduction failed"):
+        collect(graph, open_source(samples(16), input_specs(graph)), batch_size=2)
