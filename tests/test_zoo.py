@@ -22,8 +22,8 @@ def _runs(path: Path, feed: dict[str, np.ndarray], optimize: bool = True) -> lis
 
 
 def test_groups() -> None:
-    sizes = {group: len(zoo.list_models(group)) for group in ("ppocr", "light", "timm", "chain", "branchy")}
-    assert sizes == {"ppocr": 3, "light": 9, "timm": 12, "chain": 3, "branchy": 1}
+    sizes = {group: len(zoo.list_models(group)) for group in ("ppocr", "light", "timm", "chain", "branchy", "bert")}
+    assert sizes == {"ppocr": 3, "light": 9, "timm": 12, "chain": 3, "branchy": 1, "bert": 2}
     assert len(zoo.list_models()) == sum(sizes.values()) == len(set(zoo.list_models()))
     assert "timm_mobilenetv2_100_ts" in zoo.list_models("timm")
     assert "timm_mobilenetv2_100_dynamo" not in zoo.list_models("timm")

@@ -20,6 +20,12 @@ Groups (``list_models(group)``):
   asked for 17 it exports 18 and down-converts, which failed for 4 of the 5 archs (ReduceMean: "No initializer
   or constant input to node found") and left a mix of 17 and 18; so it gets 18, rather than its default 20
   (at 18 GELU is decomposed; 20 has a Gelu node).  Each export runs in a child process.
+* ``bert``: bert_tiny_ts / _dynamo, a BERT-style encoder written here in torch (random weights,
+  torch.manual_seed(0)): token + position + segment embeddings, 2 layers of hidden 128, 4 heads, FFN 512 with
+  GELU, post-LayerNorm written out as mean/var/sqrt (the original BERT code's form, so raising has work to do),
+  an additive attention mask from ``attention_mask``; inputs ``input_ids`` and ``attention_mask`` (int64
+  1x32), output ``last_hidden_state`` 1x32x128.  Exported like the timm models (TorchScript opset 17, dynamo
+  opset 18), in a child process.
 * ``chain``: chain_1k/_10k/_100k, Conv(3x3, 8->8, bias) -> Add(const) -> Relu blocks, 999 / 9 999 / 99 999
   nodes, input 1x8x16x16, byte-for-byte deterministic; weights scaled so activations stay finite at any length.
 * ``branchy``: six inception-like stages, each fanning out into 4 conv branches of different depths and widths,
@@ -82,6 +88,8 @@ LIGHT = ("alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "
 _LIGHT_FILES = {"alexnet": "light_bvlc_alexnet.onnx"}  # the rest are light_<name>.onnx
 TIMM_BOTH = ("resnet50", "mobilenetv3_large_100", "efficientnet_b0", "vit_small_patch16_224", "convnext_tiny")
 TIMM_TS_ONLY = ("mobilenetv2_100", "regnetx_016")
+BERT = {"bert_tiny": {"vocab": 1000, "hidden": 128, "heads": 4, "layers": 2, "ffn": 512, "seq": 32}}
+"""BERT-style encoders (tests/zoo.py's own torch code): name -> size."""
 CHAINS = {"chain_1k": 333, "chain_10k": 3333, "chain_100k": 33333}  # blocks of 3 nodes
 
 
@@ -115,11 +123,12 @@ _GROUPS: dict[str, list[str]] = {
     "timm": [f"timm_{a}_{e}" for a in TIMM_BOTH for e in ("ts", "dynamo")] + [f"timm_{a}_ts" for a in TIMM_TS_ONLY],
     "chain": list(CHAINS),
     "branchy": ["branchy"],
+    "bert": [f"{a}_{e}" for a in BERT for e in ("ts", "dynamo")],
 }
 
 
 def list_models(group: str | None = None) -> list[str]:
-    """Model names, all or one group's: "ppocr", "light", "timm", "chain", "branchy"."""
+    """Model names, all or one group's: "ppocr", "light", "timm", "chain", "branchy", "bert"."""
     if group is None:
         return [n for names in _GROUPS.values() for n in names]
     if group not in _GROUPS:
@@ -225,7 +234,7 @@ def text_page(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 def example_inputs(name_or_path: str | Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs for a model: a synthetic text page for PP-OCR, else standard normal.
+    """Inputs for a model: a synthetic text page for PP-OCR, token ids and a mask for BERT, else standard normal.
 
     Dynamic dims come from the zoo's defaults (else 1).
     """
@@ -243,11 +252,25 @@ def example_inputs(name_or_path: str | Path, seed: int = 0) -> dict[str, np.ndar
         shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
                  (default[i] if i < len(default) else 1) for i, d in enumerate(ttype.shape.dim)]
         dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
-        if name in PPOCR and len(shape) == 4:
+        if dtype.kind in "iu" and value.name in _BERT_INPUTS:
+            feed[value.name] = _bert_input(value.name, shape, rng).astype(dtype)
+        elif name in PPOCR and len(shape) == 4:
             feed[value.name] = text_page(tuple(shape), seed).astype(dtype)
         else:
             feed[value.name] = rng.standard_normal(shape).astype(dtype)
     return feed
+
+
+_BERT_INPUTS = ("input_ids", "attention_mask")
+
+
+def _bert_input(name: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Token ids below the smallest vocabulary, or a mask of ones with the last quarter padding (zeros)."""
+    if name == "input_ids":
+        return rng.integers(0, min(b["vocab"] for b in BERT.values()), shape)
+    mask = np.ones(shape, np.int64)
+    mask[..., shape[-1] - shape[-1] // 4:] = 0
+    return mask
 
 
 def run_onnxruntime(path: str | Path, feed: dict[str, np.ndarray], optimize: bool = True) -> list[np.ndarray]:
@@ -382,9 +405,10 @@ def _has_module(module: str) -> bool:
 
 
 def _missing_deps(name: str) -> str:
-    if group_of(name) != "timm":
+    group = group_of(name)
+    if group not in ("timm", "bert"):
         return ""
-    needed = ["torch", "timm", "yaml", "huggingface_hub", "safetensors"]
+    needed = ["torch", "timm", "yaml", "huggingface_hub", "safetensors"] if group == "timm" else ["torch"]
     if _timm_recipe(name)[1] == "dynamo":
         needed.append("onnxscript")
     missing = [m for m in needed if not _has_module(m)]
@@ -451,38 +475,100 @@ def _import_timm() -> types.ModuleType:
     return timm
 
 
+def _bert_model(torch: Any, size: dict[str, int]) -> Any:
+    """A BERT-style encoder (the original BERT code's layout), random weights from the current torch seed."""
+    nn, hidden, heads = torch.nn, size["hidden"], size["heads"]
+    head = hidden // heads
+
+    class LayerNorm(nn.Module):  # written out, as in the original BERT code: raising has to find it
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight, self.bias = nn.Parameter(1 + 0.1 * torch.randn(hidden)), nn.Parameter(0.1 * torch.randn(hidden))
+
+        def forward(self, x: Any) -> Any:
+            u = x.mean(-1, keepdim=True)
+            s = (x - u).pow(2).mean(-1, keepdim=True)
+            return self.weight * ((x - u) / torch.sqrt(s + 1e-12)) + self.bias
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden) for _ in range(4))
+            self.up, self.down = nn.Linear(hidden, size["ffn"]), nn.Linear(size["ffn"], hidden)
+            self.ln1, self.ln2 = LayerNorm(), LayerNorm()
+
+        def split(self, t: Any) -> Any:
+            return t.view(t.shape[0], t.shape[1], heads, head).permute(0, 2, 1, 3)
+
+        def forward(self, x: Any, mask: Any) -> Any:
+            q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+            scores = torch.matmul(q, k.transpose(-1, -2)) / (head ** 0.5) + mask
+            ctx = torch.matmul(torch.softmax(scores, dim=-1), v).permute(0, 2, 1, 3)
+            x = self.ln1(x + self.o(ctx.reshape(x.shape[0], x.shape[1], hidden)))
+            return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.words, self.positions = nn.Embedding(size["vocab"], hidden), nn.Embedding(size["seq"], hidden)
+            self.segments = nn.Embedding(2, hidden)
+            self.ln = LayerNorm()
+            self.layers = nn.ModuleList(Layer() for _ in range(size["layers"]))
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+            x = self.words(input_ids) + self.positions(positions) + self.segments(torch.zeros_like(input_ids))
+            x = self.ln(x)
+            mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+            for layer in self.layers:
+                x = layer(x, mask)
+            return x
+
+    return Encoder().eval()
+
+
 def _export_child(arch: str, exporter: str, out: Path) -> int:
-    """Runs in a child process: export one timm model to ``out``, with a torch reference beside it."""
+    """Runs in a child process: export one timm (or zoo BERT) model to ``out``, a torch reference beside it."""
     try:
         import torch
 
-        timm = _import_timm()
+        timm = _import_timm() if arch not in BERT else None
         if exporter == "dynamo":
             import onnxscript  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         print(f"import failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    model = timm.create_model(arch, pretrained=False).eval()
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    if arch in BERT:
+        model = _bert_model(torch, BERT[arch])
+        rng = np.random.default_rng(1)
+        shape = [1, BERT[arch]["seq"]]
+        args = tuple(torch.from_numpy(_bert_input(n, shape, rng)) for n in _BERT_INPUTS)
+        names, output = list(_BERT_INPUTS), "last_hidden_state"
+    else:
+        assert timm is not None
+        model = timm.create_model(arch, pretrained=False).eval()
+        args = (torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)),)
+        names, output = ["input"], "output"
     with torch.no_grad():
-        ref = model(x)
+        ref = model(*args)
     start = time.perf_counter()
     if exporter == "ts":
-        torch.onnx.export(model, (x,), str(out), opset_version=OPSET, dynamo=False,
-                          input_names=["input"], output_names=["output"])
+        torch.onnx.export(model, args, str(out), opset_version=OPSET, dynamo=False,
+                          input_names=names, output_names=[output])
     else:
-        program = torch.onnx.export(model, (x,), dynamo=True, opset_version=DYNAMO_OPSET,
-                                    input_names=["input"], output_names=["output"])
+        program = torch.onnx.export(model, args, dynamo=True, opset_version=DYNAMO_OPSET,
+                                    input_names=names, output_names=[output])
         assert program is not None
         program.save(str(out), external_data=None)  # weights inline unless over 2 GB
     export_s = time.perf_counter() - start
-    np.savez(out.parent / "ref.npz", input=x.numpy(), output=ref.numpy())
+    np.savez(out.parent / "ref.npz", output=ref.numpy(), **{n: a.numpy() for n, a in zip(names, args)})
     (out.parent / "export.json").write_text(json.dumps({"export_s": round(export_s, 2)}))
     return 0
 
 
 def _export_timm(name: str, out: Path) -> dict[str, Any]:
+    """Exports a timm model or a zoo BERT (``_export_child`` in a child process)."""
     arch, exporter = _timm_recipe(name)
     cmd = [sys.executable, str(Path(__file__).resolve()), "_export", arch, exporter, str(out)]
     try:
@@ -498,7 +584,7 @@ def _export_timm(name: str, out: Path) -> dict[str, Any]:
     info = json.loads((out.parent / "export.json").read_text())
     ref = np.load(out.parent / "ref.npz")
     info.update({"arch": arch, "exporter": exporter, "opset": OPSET if exporter == "ts" else DYNAMO_OPSET})
-    info["feed"], info["ref"] = {"input": ref["input"]}, [ref["output"]]
+    info["feed"], info["ref"] = {k: ref[k] for k in ref.files if k != "output"}, [ref["output"]]
     return info
 
 
@@ -580,7 +666,7 @@ def _build(name: str) -> None:
     out = tmp / f"{name}.onnx"
     start = time.perf_counter()
     try:
-        if group_of(name) == "timm":
+        if group_of(name) in ("timm", "bert"):
             info = _export_timm(name, out)
         else:
             gen_start = time.perf_counter()

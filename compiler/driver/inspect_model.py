@@ -114,3 +114,104 @@ def plan_model_memory(graph: Graph, *, level: int = 2, alignment: int = 64, reor
         pipeline = f"O{level},{pipeline}"
     PassManager(pipeline).run(graph)
     return MemorySection(graph.meta[PLAN_KEY], level, len(graph))
+
+
+# --------------------------------------------------------------------------- --fusions
+
+
+@dataclass
+class FusionSection:
+    """``kiln inspect --fusions``: what each rewrite rule did while optimizing the model.
+
+    ``rules`` holds one entry per rule that applied (or whose nodes are in the result), by name:
+    ``applied`` (times it fired), ``made`` (op id -> nodes it created, including those a later rule
+    absorbed), ``result`` (op id -> nodes of the optimized graph whose location names this rule as
+    the last one that fused them) and ``fused_nodes`` (the source-model nodes those stand for).
+    """
+
+    level: int
+    target: str | None
+    pipeline: str
+    nodes_before: int
+    nodes_after: int
+    rules: list[dict[str, Any]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "target": self.target,
+            "pipeline": self.pipeline,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "rules": self.rules,
+        }
+
+    def text(self) -> str:
+        where = f"-O{self.level}" + (f" + target {self.target}'s legalization" if self.target else "")
+        lines = [f"fusions at {where}: nodes {self.nodes_before} -> {self.nodes_after}"]
+        if not self.rules:
+            return lines[0] + "\n  no rewrite rule applied"
+        width = max(len("rule"), *(len(r["rule"]) for r in self.rules))
+        lines.append(f"  {'rule':<{width}}  {'applied':>7}  {'fused':>5}  result (op x nodes left)  [made]")
+        for r in self.rules:
+            result = ", ".join(f"{op} x{n}" for op, n in r["result"].items()) or "-"
+            made = ", ".join(f"{op} x{n}" for op, n in r["made"].items())
+            absorbed = "  [made " + made + "]" if made and r["made"] != r["result"] else ""
+            lines.append(f"  {r['rule']:<{width}}  {r['applied']:>7}  {r['fused_nodes']:>5}  {result}{absorbed}")
+        return "\n".join(lines)
+
+
+def _sorted_counts(counts: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def fusion_report(graph: Graph, *, level: int = 2, target: str | None = None) -> FusionSection:
+    """Optimizes ``graph`` in place at ``-O<level>`` (then ``target``'s legalization) and reports each rule.
+
+    Raises:
+        UsageError: an unknown target.
+        KilnError: a pass failed.
+    """
+    import importlib
+
+    from kiln.errors import UsageError
+    from kiln.passmanager.base import PassContext
+    from kiln.passmanager.manager import PassManager
+    from kiln.rewrite.driver import OPS_MADE_KEY
+
+    parts = [f"O{level}"] if level > 0 else []
+    if target is not None:
+        from kiln.driver.compile import TARGETS
+
+        if target not in TARGETS:
+            raise UsageError(f"unknown target {target!r}; targets: {', '.join(sorted(TARGETS))}")
+        codegen = importlib.import_module(TARGETS[target])
+        legalize = codegen.legalize_pipeline({"fp16": False, "int8": False, "input_shapes": {}}).strip()
+        if legalize:
+            parts.append(legalize)
+    pipeline = ",".join(parts)
+    before = len(graph)
+    ctx = PassContext()
+    if pipeline:
+        PassManager(pipeline).run(graph, ctx)
+    applied = {k.removeprefix("rules."): v for k, v in ctx.stats.items() if k.startswith("rules.")}
+    made: dict[str, dict[str, int]] = ctx.extra.get(OPS_MADE_KEY, {})
+    result: dict[str, Counter[str]] = {}
+    fused: Counter[str] = Counter()
+    for node in graph.walk():
+        rule = node.loc.rule
+        if rule is None:
+            continue
+        result.setdefault(rule, Counter())[node.op_id] += 1
+        fused[rule] += len(node.loc.fused_from)
+    rules = [
+        {
+            "rule": name,
+            "applied": applied.get(name, 0),
+            "made": _sorted_counts(made.get(name, {})),
+            "result": _sorted_counts(dict(result.get(name, {}))),
+            "fused_nodes": fused[name],
+        }
+        for name in sorted(set(applied) | set(result))
+    ]
+    return FusionSection(level, target, pipeline, before, len(graph), rules)

@@ -5,7 +5,7 @@ local functions, output names, ir_version) and :mod:`kiln.exporter.writer`
 for external data and atomic, deterministic writing.
 """
 
-from kiln.exporter.convert import node_to_proto, tensor_to_proto, to_onnx
+from kiln.exporter.convert import Emit, KilnLowering, node_to_proto, tensor_to_proto, to_onnx
 from kiln.exporter.writer import save
 
-__all__ = ["node_to_proto", "save", "tensor_to_proto", "to_onnx"]
+__all__ = ["Emit", "KilnLowering", "node_to_proto", "save", "tensor_to_proto", "to_onnx"]

@@ -20,6 +20,10 @@
   two nodes share a function only when their input types agree).  With
   ``kiln_ops="inline"`` the decomposition is expanded in place instead.
   Either way onnxruntime can run the result.
+* ``lower``: a hook a target gives (the onnx target's ``--onnx-contrib``) that
+  writes a kiln op as other ops, e.g. onnxruntime's ``com.microsoft`` fused
+  ops: called with the node and an :class:`Emit`; it returns the NodeProtos
+  to write, or ``None`` to leave the node to the ``kiln_ops`` rule.
 
 Output is deterministic: the same graph gives the same ``ModelProto``.
 """
@@ -275,14 +279,37 @@ def _value_name(v: Value) -> str:
 # --------------------------------------------------------------------------- the exporter
 
 
-def to_onnx(graph: Graph, *, kiln_ops: str = "functions") -> onnx.ModelProto:
+@dataclass
+class Emit:
+    """What a ``lower`` hook gets besides the node: the names the exporter gives values.
+
+    ``inputs``/``outputs`` are the node's ONNX names (``""`` for an absent one), ``fresh(base)``
+    invents an unused value name, ``constant(array, base)`` adds an initializer (a Constant node
+    inside a function body) and returns its name, and ``memo`` is per graph body.
+    """
+
+    inputs: list[str]
+    outputs: list[str]
+    fresh: Callable[[str], str]
+    constant: Callable[[np.ndarray, str], str]
+    memo: dict[Any, Any]
+    """Shared by every call for one graph body: a hook may reuse a value it made for an earlier node."""
+
+
+KilnLowering = Callable[[Node, Emit], "list[onnx.NodeProto] | None"]
+"""``lower(node, emit)``: NodeProtos standing for the kiln node, or ``None`` to keep the default."""
+
+
+def to_onnx(graph: Graph, *, kiln_ops: str = "functions", lower: KilnLowering | None = None) -> onnx.ModelProto:
     """The ONNX model of ``graph``; kiln ops as local functions (``"functions"``) or expanded (``"inline"``).
+
+    ``lower`` may write a kiln op as other ops first (see the module doc).
 
     Raises:
         ExportError: a kiln op without decomposition, or a graph ONNX cannot hold.
     """
     with paused_gc():
-        return _Exporter(graph, kiln_ops=kiln_ops).model()
+        return _Exporter(graph, kiln_ops=kiln_ops, lower=lower).model()
 
 
 @dataclass
@@ -312,11 +339,16 @@ def _attr_key(a: Attr) -> Any:
 
 
 class _Exporter:
-    def __init__(self, graph: Graph, *, kiln_ops: str = "functions", sink: TensorSink | None = None) -> None:
+    def __init__(
+        self, graph: Graph, *, kiln_ops: str = "functions", sink: TensorSink | None = None,
+        lower: KilnLowering | None = None,
+    ) -> None:
         if kiln_ops not in ("functions", "inline"):
             raise ExportError(f"kiln_ops must be 'functions' or 'inline', not {kiln_ops!r}")
         self.root = graph
         self.kiln_ops = kiln_ops
+        self.lower = lower
+        self._lower_memo: dict[int, dict[Any, Any]] = {}
         self.sink = sink
         self.rename: dict[Value, str] = {}
         self._names: NameAuthority | None = None
@@ -537,6 +569,8 @@ class _Exporter:
     # ---- kiln ops
 
     def emit_kiln(self, node: Node, body: _Body) -> None:
+        if self.lower is not None and self._lowered(node, body):
+            return
         if self.kiln_ops == "inline":
             self._inline(node, body)
             return
@@ -549,6 +583,40 @@ class _Exporter:
         proto.input.extend("" if v is None else self.name(v) for v in node.inputs)
         proto.output.extend("" if _is_omitted(v) else self.name(v) for v in node.outputs)
         self.domain_versions[KILN_DOMAIN] = KILN_OPSET_VERSION
+
+    def _lowered(self, node: Node, body: _Body) -> bool:
+        """Writes what the ``lower`` hook makes of ``node``; ``False`` when it declines."""
+
+        def constant(array: np.ndarray, base: str) -> str:
+            name = self.fresh(base)
+            tensor = Tensor.from_numpy(np.ascontiguousarray(array))
+            if body.in_function:
+                proto = body.nodes.add(op_type="Constant", output=[name])
+                attr = proto.attribute.add(name="value", type=onnx.AttributeProto.TENSOR)
+                tensor_to_proto(tensor, out=attr.t)
+            else:
+                self.tensor(tensor, name, body.initializers.add())
+            return name
+
+        emit = Emit(
+            ["" if v is None else self.name(v) for v in node.inputs],
+            ["" if _is_omitted(v) else self.name(v) for v in node.outputs],
+            self.fresh,
+            constant,
+            self._lower_memo.setdefault(id(body.nodes), {}),
+        )
+        assert self.lower is not None
+        protos = self.lower(node, emit)
+        if protos is None:
+            return False
+        for i, proto in enumerate(protos):
+            if node.name:
+                proto.name = self.node_name(node.name if len(protos) == 1 else f"{node.name}/{i}")
+            body.nodes.append(proto)
+            domain = proto.domain if proto.domain != "ai.onnx" else ""
+            if domain not in self.domain_versions:
+                self.domain_versions[domain] = 1 if domain else 0
+        return True
 
     def _decompose(self, node: Node) -> Graph:
         """The decomposition of one kiln node, built in a private graph whose inputs stand for the node's."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 from kiln.errors import ExportError
-from kiln.exporter.convert import _Exporter, tensor_bytes
+from kiln.exporter.convert import KilnLowering, _Exporter, tensor_bytes
 from kiln.ir.core import Graph
 from kiln.ir.dtypes import DType
 from kiln.ir.gcpause import paused_gc
@@ -118,6 +118,7 @@ def save(
     external_data: bool | None = None,
     size_threshold: int = 1024,
     kiln_ops: str = "functions",
+    lower: KilnLowering | None = None,
 ) -> list[Path]:
     """Writes ``graph`` to ``path`` as ONNX; returns the files written (the model first).
 
@@ -129,6 +130,7 @@ def save(
             exceed protobuf's 2 GB limit; ``False`` never (and fails on such a model).
         size_threshold: smallest tensor, in bytes, that goes to external data.
         kiln_ops: how kiln ops are written, see :func:`kiln.exporter.to_onnx`.
+        lower: a hook writing kiln ops as other ops first (the onnx target's ``--onnx-contrib``).
 
     Raises:
         ExportError: the graph cannot be written; nothing is left behind.
@@ -156,7 +158,7 @@ def save(
             fd, data_tmp = tempfile.mkstemp(dir=folder, prefix=f".{data_name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f, paused_gc():
                 sink = _DataFile(f, data_name, size_threshold)
-                model = _Exporter(graph, kiln_ops=kiln_ops, sink=sink).model()
+                model = _Exporter(graph, kiln_ops=kiln_ops, sink=sink, lower=lower).model()
                 f.flush()
                 os.fsync(f.fileno())
             if sink.count == 0:
@@ -164,7 +166,7 @@ def save(
                 data_tmp = None
         else:
             with paused_gc():
-                model = _Exporter(graph, kiln_ops=kiln_ops).model()
+                model = _Exporter(graph, kiln_ops=kiln_ops, lower=lower).model()
         try:
             blob = model.SerializeToString(deterministic=True)
         except Exception as exc:  # noqa: BLE001 - protobuf refuses messages over 2 GB

@@ -67,7 +67,14 @@ PRESETS: dict[str, tuple[str, str]] = {
             "Concat/Split/Slice simplification and common subexpressions to a fixed point."
         ),
     ),
-    "O3": ("O2", "Everything in O2 (more aggressive passes land here)."),
+    "O3": (
+        "O2,fuse-global-pool,target-fusions",
+        (
+            "O2, then global pool + Flatten as one Reduce and the target fusions (activations into Conv/Gemm, "
+            "kiln ops for GELU/SiLU/attention, sibling Conv/MatMul merging): kiln ops the ONNX target writes "
+            "as standard or contrib ops where they exist, else as local functions."
+        ),
+    ),
     "target-fusions": (
         (
             "repeat{max=2}(fuse-act,raise-patterns,raise-channel-shuffle,fuse-sibling-conv,fuse-sibling-matmul,"

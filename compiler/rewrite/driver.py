@@ -99,20 +99,37 @@ class _Worklist(RewriteListener):
                 self.push(value.uses[0].node)
 
 
+OPS_MADE_KEY = "rewrite.ops_made"
+"""``ctx.extra[OPS_MADE_KEY]``: rule -> {op id -> nodes that rule created}, over every rewrite run
+with that context (``kiln inspect --fusions`` reports it beside the rule metadata of the nodes left)."""
+
+
 class _Stats(RewriteListener):
-    """Counts applications per rule into ``ctx.stats`` (``rules.<rule>``)."""
+    """Counts applications per rule into ``ctx.stats`` (``rules.<rule>``), and the ops each rule made."""
 
     def __init__(self, ctx: PassContext | None, prefix: str) -> None:
         self.ctx = ctx
         self.prefix = prefix
         self.applied: dict[str, int] = {}
+        self._pending: list[str] = []  # ops created by the rule now running, until it applies or refuses
+
+    def begin(self) -> None:
+        """A rule is about to be tried: what an earlier, refused try created is not its."""
+        self._pending.clear()
+
+    def node_created(self, node: Node) -> None:
+        self._pending.append(node.op_id)
 
     def rule_applied(self, rule: str, root: Node, matched: Sequence[Node]) -> None:
         self.applied[rule] = self.applied.get(rule, 0) + 1
+        made, self._pending = self._pending, []
         if self.ctx is not None:
             self.ctx.bump(f"rules.{rule}")
             if self.prefix:
                 self.ctx.bump(f"{self.prefix}.rewrites")
+            counts = self.ctx.extra.setdefault(OPS_MADE_KEY, {}).setdefault(rule, {})
+            for op_id in made:
+                counts[op_id] = counts.get(op_id, 0) + 1
 
 
 class _Debug(RewriteListener):
@@ -204,6 +221,7 @@ class GreedyRewriteDriver:
             for r in candidates:
                 rewriter.rule = r.name
                 rewriter.created_now = []
+                stats.begin()
                 if not r.try_apply(node, rewriter, ctx, debug):
                     if debug:
                         rewriter.refused(node, rewriter.last_reason or "no match")

@@ -16,7 +16,6 @@ for the duration of the pass's run: declarative checks read it from
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 

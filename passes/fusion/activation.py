@@ -6,17 +6,21 @@
   (``c`` broadcasting into the product without widening it) ->
   ``kiln.GemmAct(a, b, [c])``;
 - ``fuse-conv-swish`` / ``fuse-gemm-swish``: ``y · Sigmoid(y)`` (SiLU) and
-  ``y · HardSigmoid(y; 1/6, 1/2)`` (HardSwish) over such a ``y``.
+  ``y · HardSigmoid(y; 1/6, 1/2)`` (HardSwish) over such a ``y``;
+- ``fuse-{conv,gemm,matmul-bias,matmul}-kiln-act``: the same producers under the
+  ``kiln.Gelu`` / ``kiln.Swish`` / ``kiln.HardSwish`` that raising made (a
+  transformer FFN's ``Gelu(x @ W + b)`` becomes one ``kiln.GemmAct``).
 
 ``act`` is one of Relu, Clip (constant bounds), LeakyRelu, Sigmoid,
-HardSigmoid, HardSwish, Mish, Tanh, Elu, Gelu and PRelu (its slope becomes the
+HardSigmoid, HardSwish, Swish, Mish, Tanh, Elu, Gelu and PRelu (its slope becomes the
 fused op's last input); see ``kiln.ops.kiln_dialect`` for the semantics.  The
 producer's output must feed only the activation.
 
-This is a target pass: NCNN, TFLite and TensorRT execute a convolution or
-matrix product with its activation as one layer, and their legalization
-pipelines run it.  It is not in the ONNX presets: onnxruntime fuses these
-itself, and a kiln op exported to ONNX is a function call, not fewer nodes.
+NCNN, TFLite and TensorRT execute a convolution or matrix product with its
+activation as one layer, and their legalization pipelines run this pass.  It
+is not in ``O2`` (onnxruntime fuses these itself); ``O3`` runs it, and the
+ONNX target writes the fused ops as onnxruntime's ``FusedConv``/``FusedGemm``/
+``BiasGelu``... with ``--onnx-contrib``, else as model-local functions.
 """
 
 from __future__ import annotations
@@ -30,15 +34,23 @@ from kiln.passmanager.registry import register_pass
 from kiln.rewrite import P, RuleSet, attrs_of, rule
 
 SIMPLE_ACTIVATIONS = frozenset(
-    {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Mish", "Tanh", "Elu", "Gelu", "PRelu"}
+    {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Swish", "Mish", "Tanh", "Elu", "Gelu",
+     "PRelu"}
 )
+KILN_ACTIVATIONS = frozenset({"Gelu", "Swish", "HardSwish"})
+"""The kiln ops that raising makes (``kiln.Gelu`` ...) and that a ConvAct/GemmAct can carry."""
 
 
 def activation_of(act: Node) -> tuple[str, list[float], dict[str, str], Value | None] | str:
     """``(activation, params, extra attrs, PRelu slope)`` for a fused op, or why ``act`` cannot fuse."""
     op = act.op
+    if act.domain == "kiln" and op not in KILN_ACTIVATIONS:
+        return f"{act.op_id} is not a fusable activation"
     if op in ("Relu", "Sigmoid", "Tanh", "HardSwish", "Mish"):
         return op, [], {}, None
+    if op == "Swish":
+        alpha = float(act.attr("alpha", 1.0))
+        return op, ([alpha] if alpha != 1.0 else []), {}, None
     if op == "LeakyRelu":
         return op, [float(act.attr("alpha", 0.01))], {}, None
     if op == "HardSigmoid":
@@ -141,7 +153,7 @@ def matmul_bias_act(op, a, b, c):
 
 
 @matmul_bias_act.check
-def _(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | str:
+def _matmul_bias_check(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | str:
     if mm.shape is None or c.shape is None or y.shape != mm.shape or c.dtype != mm.dtype:
         return "the bias widens the product, or shapes are unknown"
     if not fits_into(tuple(c.shape), mm.shape):
@@ -149,15 +161,20 @@ def _(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | str:
     return _check_act(act, y)
 
 
-@matmul_bias_act.replace
-def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:
+def _matmul_act(op, act: Node, inputs: list[Value | None]) -> Value:
+    """kiln.GemmAct(*inputs) carrying ``act``: MatMul [+ bias] has no Gemm attributes to copy."""
     spec = activation_of(act)
     assert not isinstance(spec, str)
     name, params, extra, slope = spec
     attrs: dict[str, object] = dict(extra)
     if params:
         attrs["activation_params"] = params
-    return op.op("GemmAct", *_act_inputs("GemmAct", [a, b, c], slope), _domain="kiln", activation=name, **attrs)
+    return op.op("GemmAct", *_act_inputs("GemmAct", inputs, slope), _domain="kiln", activation=name, **attrs)
+
+
+@matmul_bias_act.replace
+def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:
+    return _matmul_act(op, act, [a, b, c])
 
 
 @rule("fuse-matmul-act")
@@ -173,13 +190,79 @@ def _(ctx, act: Node, y: Value) -> bool | str:
 
 @matmul_act.replace
 def _(op, act: Node, a: Value, b: Value) -> Value:
-    spec = activation_of(act)
-    assert not isinstance(spec, str)
-    name, params, extra, slope = spec
-    attrs: dict[str, object] = dict(extra)
-    if params:
-        attrs["activation_params"] = params
-    return op.op("GemmAct", *_act_inputs("GemmAct", [a, b], slope), _domain="kiln", activation=name, **attrs)
+    return _matmul_act(op, act, [a, b])
+
+
+# --------------------------------------------------------------------------- kiln.Gelu / Swish / HardSwish
+
+
+def _kiln_act(op, producer):
+    return op.op(KILN_ACTIVATIONS, producer, _domain="kiln", _node="act")
+
+
+@rule("fuse-conv-kiln-act")
+def conv_kiln_act(op):
+    """kiln.Gelu|Swish|HardSwish(Conv(x, W, [B])) -> kiln.ConvAct(x, W, [B])."""
+    return _kiln_act(op, op.Conv(P.variadic("args"), _outputs=["y"], _one_use=True))
+
+
+@conv_kiln_act.check
+def _(ctx, act: Node, y: Value) -> bool | str:
+    return _check_act(act, y)
+
+
+@conv_kiln_act.replace
+def _(op, act: Node, y: Value, args: tuple) -> Value:
+    return _fused(op, "ConvAct", y.producer, list(args), act)  # type: ignore[arg-type]
+
+
+@rule("fuse-gemm-kiln-act")
+def gemm_kiln_act(op):
+    """kiln.Gelu|Swish|HardSwish(Gemm(A, B, [C])) -> kiln.GemmAct(A, B, [C])."""
+    return _kiln_act(op, op.Gemm(P.variadic("args"), _outputs=["y"], _one_use=True))
+
+
+@gemm_kiln_act.check
+def _(ctx, act: Node, y: Value) -> bool | str:
+    return _check_act(act, y)
+
+
+@gemm_kiln_act.replace
+def _(op, act: Node, y: Value, args: tuple) -> Value:
+    return _fused(op, "GemmAct", y.producer, list(args), act)  # type: ignore[arg-type]
+
+
+@rule("fuse-matmul-bias-kiln-act")
+def matmul_bias_kiln_act(op, a, b, c):
+    """kiln.Gelu|Swish|HardSwish(Add(MatMul(a, b), c)) -> kiln.GemmAct(a, b, c) (a transformer's FFN)."""
+    mm = op.MatMul(a, b, _outputs=["mm"], _one_use=True)
+    return _kiln_act(op, op.Add(mm, c, _outputs=["y"], _one_use=True))
+
+
+@matmul_bias_kiln_act.check
+def _(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | str:
+    return _matmul_bias_check(ctx, act, mm, y, c)
+
+
+@matmul_bias_kiln_act.replace
+def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:
+    return _matmul_act(op, act, [a, b, c])
+
+
+@rule("fuse-matmul-kiln-act")
+def matmul_kiln_act(op, a, b):
+    """kiln.Gelu|Swish|HardSwish(MatMul(a, b)) -> kiln.GemmAct(a, b)."""
+    return _kiln_act(op, op.MatMul(a, b, _outputs=["y"], _one_use=True))
+
+
+@matmul_kiln_act.check
+def _(ctx, act: Node, y: Value) -> bool | str:
+    return _check_act(act, y)
+
+
+@matmul_kiln_act.replace
+def _(op, act: Node, a: Value, b: Value) -> Value:
+    return _matmul_act(op, act, [a, b])
 
 
 # --------------------------------------------------------------------------- y * gate(y)
@@ -246,7 +329,8 @@ def _(op, y: Value, gate: Node, args: tuple) -> Value:
 
 
 ACT_RULES = RuleSet(
-    [conv_act, gemm_act, matmul_bias_act, matmul_act, conv_swish, gemm_swish],
+    [conv_act, gemm_act, matmul_bias_act, matmul_act, conv_kiln_act, gemm_kiln_act, matmul_bias_kiln_act,
+     matmul_kiln_act, conv_swish, gemm_swish],
     name="fuse-act",
 )
 

@@ -4,7 +4,8 @@ LayerNorm over the last ``k`` axes of ``x`` (``μ``, ``E`` the ReduceMean over t
 
     d = x - μ(x)            (computed once, or twice from the same mean)
     v = E[d²]               (Pow(d, 2) or Mul(d, d))
-    y = d / sqrt(v + ε)     (Div by Sqrt or Pow(·, 0.5); Mul by Reciprocal(Sqrt) or Pow(·, -0.5))
+    y = d / sqrt(v + ε)     (Div by Sqrt or Pow(·, 0.5); Mul by Reciprocal(Sqrt) or Pow(·, -0.5);
+                             ε may be missing: 0)
 
 RMSNorm is the same without the mean: ``y = x / sqrt(E[x²] + ε)``.
 
@@ -87,13 +88,20 @@ def _inverse_sqrt(root: Node) -> tuple[Value, Value, list[Node]] | str:
 
 
 def _mean_of_square(a: Value) -> tuple[Value, list[int], float, list[Node]] | str:
-    """``a = E[d²] + ε``: ``(d, axes, ε, nodes)``."""
+    """``a = E[d²] + ε``: ``(d, axes, ε, nodes)``; a bare ``E[d²]`` has ``ε = 0``.
+
+    The dynamo exporter drops a tiny ε (BERT's 1e-12 vanished from a written-out LayerNorm), so
+    the variance may reach the Sqrt with nothing added; LayerNormalization with ``epsilon=0`` is
+    the same computation.
+    """
     add = _producer(a, "Add")
-    if add is None:
-        return "the variance has no epsilon added (Sqrt(var + eps))"
-    for i in (0, 1):
-        eps = scalar_of(add.input(1 - i))
-        mean = _producer(add.input(i), "ReduceMean")
+    bare = _producer(a, "ReduceMean")
+    if add is None and bare is None:
+        return "the variance has no epsilon added (Sqrt(var + eps)) and is no ReduceMean"
+    candidates = [(0.0, bare, [])] if bare is not None else [
+        (scalar_of(add.input(1 - i)), _producer(add.input(i), "ReduceMean"), [add]) for i in (0, 1)  # type: ignore[union-attr]
+    ]
+    for eps, mean, added in candidates:
         if eps is None or mean is None:
             continue
         axes = reduce_axes(mean)
@@ -109,7 +117,7 @@ def _mean_of_square(a: Value) -> tuple[Value, list[int], float, list[Node]] | st
         else:
             return "the variance's Mul is not a square"
         assert d is not None
-        return d, axes, eps, [add, mean, sq]
+        return d, axes, eps, [*added, mean, sq]
     return "no ReduceMean + scalar epsilon under the Sqrt"
 
 

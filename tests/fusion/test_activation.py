@@ -8,7 +8,18 @@ import pytest
 from kiln.ir import DType, Graph, TensorType, verify
 from kiln.ops.inference import infer_node
 from kiln.ops.registry import kiln_ops
-from rewrite_helpers import check_rewrite, const_text, model_text, parse_model
+from rewrite_helpers import (
+    apply,
+    assert_close,
+    check_rewrite,
+    const_text,
+    fired,
+    model_text,
+    op_ids,
+    parse_model,
+    random_feed,
+    run_ort,
+)
 
 W = const_text("w", (4, 3, 3, 3), 1)
 B = const_text("b", (4,), 2)
@@ -191,3 +202,64 @@ def test_decompositions_below_the_ops_opset(activation: str, approximate: str, o
     got = run_ort(kiln.to_onnx(g), feed)[0]
     want = REFERENCES[(activation, approximate)](feed["x"].astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- raised kiln activations
+
+
+def test_raised_gelu_joins_the_matmul_bias() -> None:
+    """A transformer FFN: raise-gelu makes kiln.Gelu (opset 17 has no Gelu), fuse-act folds it into GemmAct."""
+    text = model_text(
+        "(float[2,3,6] x) => (float[2,3,5] y)",
+        [const_text("w", (6, 5), 1), const_text("b", (5,), 2), "float k = {0.70710678}", "float one = {1.0}",
+         "float half = {0.5}"],
+        "m = MatMul(x, w)\nc = Add(m, b)\ns = Mul(c, k)\ne = Erf(s)\np = Add(e, one)\nq = Mul(c, p)\ny = Mul(q, half)",
+    )
+    g, _ = check_rewrite(text, "raise-gelu,fuse-act", fired_exactly={"raise-gelu": 1, "fuse-matmul-bias-kiln-act": 1},
+                         ops=["kiln.GemmAct"])
+    node = next(iter(g))
+    assert node.attr("activation") == "Gelu" and node.attr("approximate", "none") == "none"
+
+
+def test_raised_swish_joins_the_conv() -> None:
+    text = model_text(
+        "(float[1,3,8,8] x) => (float[1,4,8,8] y)", [W, B, "float a = {1.5}"],
+        "c = Conv<pads=[1,1,1,1]>(x, w, b)\nt = Mul(c, a)\ns = Sigmoid(t)\ny = Mul(c, s)",
+    )
+    g, _ = check_rewrite(text, "raise-swish,fuse-act", fired_exactly={"raise-swish": 1, "fuse-conv-kiln-act": 1},
+                         ops=["kiln.ConvAct"])
+    node = next(iter(g))
+    assert node.attr("activation") == "Swish" and node.attr("activation_params") == [1.5]
+
+
+def _check_kiln_input(text: str, fired_exactly: dict[str, int], ops: list[str]) -> kiln.ir.Graph:
+    """check_rewrite for a model that already holds kiln ops: the reference is kiln's own export of it."""
+    graph = kiln.load(parse_model(text))
+    feed = random_feed(kiln.to_onnx(graph))
+    expected = run_ort(kiln.to_onnx(graph), feed)
+    assert fired(apply(graph, "fuse-act")) == fired_exactly
+    assert op_ids(graph) == ops
+    assert_close(expected, run_ort(kiln.to_onnx(graph), feed))
+    return graph
+
+
+def test_kiln_hardswish_joins_the_gemm_and_matmul() -> None:
+    """kiln.HardSwish (what raising makes below opset 14) over a Gemm and over a bare MatMul."""
+    text = (
+        '<ir_version: 8, opset_import: ["" : 13, "kiln" : 1]>\n'
+        "g (float[3,6] x) => (float[3,5] y, float[3,5] z) "
+        f"<{const_text('w', (6, 5), 1)}, {const_text('v', (6, 5), 2)}> {{\n"
+        "g = Gemm(x, v)\ny = kiln.HardSwish(g)\nm = MatMul(x, w)\nz = kiln.HardSwish(m)\n}\n"
+    )
+    g = _check_kiln_input(text, {"fuse-gemm-kiln-act": 1, "fuse-matmul-kiln-act": 1}, ["kiln.GemmAct", "kiln.GemmAct"])
+    assert [n.attr("activation") for n in g] == ["HardSwish", "HardSwish"]
+
+
+def test_kiln_op_that_is_no_activation_is_refused() -> None:
+    """A near miss: kiln.LayerNorm after a MatMul is not an activation, so nothing fuses."""
+    text = (
+        '<ir_version: 8, opset_import: ["" : 13, "kiln" : 1]>\n'
+        f"g (float[3,6] x) => (float[3,5] y) <{const_text('w', (6, 5), 1)}> {{\n"
+        "m = MatMul(x, w)\ny = kiln.LayerNorm(m)\n}\n"
+    )
+    _check_kiln_input(text, {}, ["onnx.MatMul", "kiln.LayerNorm"])

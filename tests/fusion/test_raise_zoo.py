@@ -95,12 +95,14 @@ def test_vit_gets_layernorm_gelu_and_attention_raised(name: str) -> None:
     graph, fired = _compiled(name, "O2,target-fusions")
     ops = _ops(graph)
     assert ops["onnx.LayerNormalization"] == 25  # the exporters' own, kept
-    assert fired["raise-gelu"] == 12 and ops["kiln.Gelu"] == 12
+    # each kiln.Gelu joins the MLP's fc1 (timm's zero-initialized bias was removed) as a GemmAct
+    assert fired["raise-gelu"] == 12 and fired["fuse-matmul-kiln-act"] == 12 and ops["kiln.Gelu"] == 0
+    assert ops["kiln.GemmAct"] == 12 and {n.attr("activation") for n in graph if n.op == "GemmAct"} == {"Gelu"}
     assert fired["raise-attention"] == 12 and ops["kiln.Attention"] == 12
     for gone in ("onnx.Erf", "onnx.Softmax", "onnx.Squeeze", "onnx.Slice", "onnx.Transpose"):
         assert ops[gone] <= 1, (gone, ops)  # the patch embedding's one Transpose stays
     assert ops["onnx.Split"] == 12  # one per block: the packed QKV projection into Q, K, V
-    assert len(graph) == 140
+    assert len(graph) == 128
     attention = next(n for n in graph if n.op == "Attention")
     assert attention.attr("q_num_heads") == 6 and abs(attention.attr("scale") - 64 ** -0.5) < 1e-6
     _close_to_original(name, graph)
@@ -119,8 +121,10 @@ def test_vit_raise_patterns_alone(name: str) -> None:
 @pytest.mark.parametrize("name", ["timm_convnext_tiny_ts", "timm_convnext_tiny_dynamo"])
 def test_convnext_gets_gelu_raised(name: str) -> None:
     graph, fired = _compiled(name, "O2,target-fusions")
-    assert fired["raise-gelu"] == 18 and _ops(graph)["kiln.Gelu"] == 18 and _ops(graph)["onnx.Erf"] == 0
-    assert len(graph) <= 186
+    ops = _ops(graph)
+    assert fired["raise-gelu"] == 18 and ops["onnx.Erf"] == 0
+    assert fired["fuse-matmul-kiln-act"] == 18 and ops["kiln.GemmAct"] == 18 and ops["kiln.Gelu"] == 0
+    assert len(graph) <= 168
     _close_to_original(name, graph)
 
 
@@ -128,7 +132,9 @@ def test_convnext_gets_gelu_raised(name: str) -> None:
 def test_ppocr_rec_norms_swishes_and_attention() -> None:
     graph, _ = _compiled("ppocr_rec", "O2,target-fusions")
     ops = _ops(graph)
-    assert ops["kiln.LayerNorm"] == 5 and ops["kiln.Attention"] == 2 and ops["kiln.Swish"] == 7
+    assert ops["kiln.LayerNorm"] == 5 and ops["kiln.Attention"] == 2 and ops["kiln.Swish"] == 0
+    activations = collections.Counter(n.attr("activation") for n in graph if n.op in ("ConvAct", "GemmAct"))
+    assert activations["Swish"] == 7  # the raised kiln.Swish joined their Conv (5) and MatMul + bias (2)
     assert ops["onnx.ReduceMean"] == 0 and ops["onnx.Sqrt"] == 0
     _close_to_original("ppocr_rec", graph)
 
@@ -163,3 +169,44 @@ def test_o2_slices_become_one_split_on_vit_dynamo() -> None:
     graph, fired = _compiled("timm_vit_small_patch16_224_dynamo", "O2")
     assert fired["slices-to-split"] == 12 and _ops(graph)["onnx.Slice"] == 0
     assert len(graph) == 356
+
+
+BERT = zoo.list_models("bert")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BERT)
+def test_bert_o2_raises_its_written_out_layernorms(name: str) -> None:
+    """Embedding LayerNorm + two per layer, written as mean/var/sqrt (the dynamo export drops ε = 1e-12)."""
+    graph, fired = _compiled(name, "O2")
+    ops = _ops(graph)
+    assert fired["raise-layernorm"] == 5 and ops["onnx.LayerNormalization"] == 5
+    assert fired["layernorm-scale"] == 5 and fired["layernorm-bias"] == 5  # γ and β joined the op
+    for gone in ("onnx.ReduceMean", "onnx.Sqrt", "onnx.Pow"):
+        assert ops[gone] == 0, (gone, ops)
+    assert not [n.op_id for n in graph if n.domain == "kiln"]
+    _close_to_original(name, graph)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BERT)
+@pytest.mark.parametrize("pipeline", ["O2,target-fusions", "O3"])
+def test_bert_gets_layernorm_gelu_and_attention_raised(name: str, pipeline: str) -> None:
+    """Each of the 2 layers: one LayerNorm per residual, one GELU, one masked attention on a packed QKV."""
+    graph, fired = _compiled(name, pipeline)
+    ops = _ops(graph)
+    assert ops["onnx.LayerNormalization"] == 5
+    # raise-gelu makes kiln.Gelu, which fuse-act folds with the FFN's up projection and bias
+    assert fired["raise-gelu"] == 2 and fired["fuse-matmul-bias-kiln-act"] == 2 and ops["kiln.Gelu"] == 0
+    assert [n.attr("activation") for n in graph if n.op == "GemmAct"] == ["Gelu", "Gelu"]
+    assert fired["raise-attention"] == 2 and ops["kiln.Attention"] == 2
+    assert fired["merge-sibling-matmuls"] == 2 and ops["onnx.Split"] == 2
+    for gone in ("onnx.Erf", "onnx.Softmax", "onnx.Transpose", "onnx.Reshape"):
+        assert ops[gone] == 0, (gone, ops)
+    assert ops["onnx.MatMul"] == 6  # QKV, output and FFN down per layer (FFN up is the GemmAct)
+    for attention in (n for n in graph if n.op == "Attention"):
+        assert attention.attr("q_num_heads") == 4 == attention.attr("kv_num_heads")
+        assert abs(attention.attr("scale") - 32 ** -0.5) < 1e-6
+        mask = attention.input(3)
+        assert mask is not None and mask.shape == (1, 1, 1, 32)  # the padding mask, broadcast over heads
+    _close_to_original(name, graph)

@@ -18,7 +18,9 @@ def test_o2_runs_the_exact_fusions_but_not_activation_fusion() -> None:
     for name in ("fuse-bn", "fuse-bias", "fuse-pad"):
         assert name in expanded
     assert "fuse-act" not in expanded
-    assert PRESETS["O3"][0] == "O2"
+    o3 = str(Pipeline.parse("O3").expand())
+    assert o3.startswith(expanded) and "fuse-global-pool" in o3 and "fuse-act" in o3
+    assert PRESETS["O3"][0] == "O2,fuse-global-pool,target-fusions"
 
 
 def test_fuse_bn_option_round_trips() -> None:

@@ -1,7 +1,7 @@
 """Differential test over the zoo: kiln's O2 output matches onnxruntime on the original, with no more nodes than onnxslim.
 
-For every PP-OCR and light-zoo model, and the timm TorchScript exports where
-they can be had: load -> O2 -> ``kiln.to_onnx`` -> onnxruntime, against
+For every PP-OCR and light-zoo model, the timm TorchScript exports and the zoo's
+BERT encoder (both exporters) where they can be had: load -> O2 -> ``kiln.to_onnx`` -> onnxruntime, against
 onnxruntime on the original file (graph optimizations off on both sides),
 within 1e-4 of the output's magnitude; and the node count of the O2 graph is
 at most what ``onnxslim.slim`` leaves.
@@ -25,7 +25,8 @@ from rewrite_helpers import run_ort
 
 pytestmark = pytest.mark.slow
 
-MODELS = zoo.list_models("ppocr") + zoo.list_models("light") + [m for m in zoo.list_models("timm") if m.endswith("_ts")]
+MODELS = (zoo.list_models("ppocr") + zoo.list_models("light") + [m for m in zoo.list_models("timm") if m.endswith("_ts")]
+          + zoo.list_models("bert"))
 
 NODE_COUNT_GAPS: dict[str, str] = {}
 """Models where kiln O2 may still have more nodes than onnxslim, and why (not a fusion)."""
