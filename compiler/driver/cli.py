@@ -190,6 +190,16 @@ def _add_inspect(sub: Any, common: argparse.ArgumentParser) -> None:
         help="print one JSON object (file, ir_version, producer, opsets, inputs, outputs, nodes, "
         "constants, constant_bytes, ops; ir with --ir; memory with --memory)",
     )
+    p.add_argument(
+        "--fusions", action="store_true",
+        help="optimize at -O LEVEL (default 2) and report what each fusion rule did: times applied, the "
+        "ops it made, the nodes of the result it made (from their rule metadata) and how many source "
+        "nodes they replace; with --json under \"fusions\"",
+    )
+    p.add_argument(
+        "-t", "--target", metavar="TARGET",
+        help="with --fusions: also run this target's legalization (its own fusions) after -O",
+    )
     _add_input_shape(p)
     _add_memory(p)
     p.set_defaults(func=cmd_inspect)
@@ -321,6 +331,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     graph = load_model(args.model, args.input_shape)
     info = describe(graph, args.model)
+    if args.target is not None and not args.fusions:
+        raise UsageError("--target needs --fusions")
+    fusions = None
+    if args.fusions:
+        from kiln.driver.inspect_model import fusion_report
+
+        # --memory optimizes the graph too: the report gets a graph of its own
+        fused_graph = load_model(args.model, args.input_shape) if (args.memory or args.plot) else graph
+        fusions = fusion_report(fused_graph, level=args.level, target=args.target)
     memory = None
     if args.memory or args.plot:
         from kiln.driver.inspect_model import plan_model_memory
@@ -338,6 +357,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         ir_text = print_ir(graph)
     if args.json:
+        if fusions is not None:
+            info["fusions"] = fusions.as_json()
         if memory is not None:
             info["memory"] = memory.as_json()
         if ir_text is not None:
@@ -347,6 +368,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     parts = [format_summary(info)]
     if args.ops:
         parts.append(format_ops(info["ops"]))
+    if fusions is not None:
+        parts.append(fusions.text())
     if memory is not None:
         parts.append(memory.text(tensors=args.memory or not args.plot))
     if ir_text is not None:
