@@ -574,3 +574,5 @@ __all__ = [
     "reduce_mean",
     "swish",
 ]
+
+from kiln.ops import layout_dialect as _layout_dialect  # noqa: E402,F401  (the kiln.Nhwc<Op> forms)

@@ -1,0 +1,1 @@
+"""Layout passes: NCHW -> NHWC with transpose sinking and cancellation (``to-nhwc``)."""
