@@ -160,7 +160,8 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--builder-optimization-level", type=int, metavar="N", choices=range(6),
                    help="tensorrt: builder optimization level 0..5")
     g.add_argument("--strongly-typed", action="store_true",
-                   help="tensorrt: a strongly typed network instead of FP16/INT8 builder flags")
+                   help="tensorrt: accepted for compatibility; kiln always builds a strongly typed network "
+                        "(precision from the tensors kiln wrote, explicit Q/DQ for int8)")
 
 
 def _target_option_values(args: argparse.Namespace) -> dict[str, object]:
@@ -268,7 +269,8 @@ def _add_passes(sub: Any, common: argparse.ArgumentParser) -> None:
 def _add_input_shape(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input-shape", action="append", default=[], metavar="NAME:D,D,...",
-        help="set an input's shape; each D is an int or a symbol name (repeatable)",
+        help="set an input's shape; each D is an int or a symbol name, and for -t tensorrt also MIN..MAX or "
+             "MIN..OPT..MAX (the optimization profile) (repeatable)",
     )
 
 
@@ -287,10 +289,9 @@ def _version() -> str:
 def cmd_compile(args: argparse.Namespace) -> int:
     from kiln.calib.cli import compile_kwargs as precision_kwargs
     from kiln.driver.compile import compile as compile_model
-    from kiln.driver.options import parse_input_shapes, parse_size
+    from kiln.driver.options import parse_size
     from kiln.driver.progress import Progress
 
-    shapes = parse_input_shapes(args.input_shape)
     precision = precision_kwargs(args)
     fold_limit = parse_size(args.fold_limit) if args.fold_limit is not None else None
     print_after = [name.strip() for item in args.print_ir_after for name in item.split(",") if name.strip()]
@@ -303,7 +304,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             args.output,
             level=args.level,
             pipeline=args.pipeline,
-            input_shapes=shapes,
+            input_shapes=args.input_shape,  # parsed by compile(): -t tensorrt also takes MIN..MAX ranges
             fold_limit=fold_limit,
             debug_rules=args.debug_rules,
             verify_each=args.verify_each,

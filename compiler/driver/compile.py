@@ -33,7 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kiln.driver.options import InputShapes, format_size, parse_input_shapes, require_file
+from kiln.driver.options import (
+    InputShapes,
+    ShapeRanges,
+    format_size,
+    parse_input_shape_ranges,
+    parse_input_shapes,
+    require_file,
+    shapes_for_load,
+)
 from kiln.errors import UsageError
 from kiln.ir.core import Graph
 
@@ -162,7 +170,9 @@ def compile(
         level: the preset ``O0``..``O3``; ignored when ``pipeline`` is given.
         pipeline: a pipeline string that replaces the preset.
         input_shapes: input name -> dims (ints or symbol names), or
-            ``--input-shape`` strings (``"x:1,3,224,224"``).
+            ``--input-shape`` strings (``"x:1,3,224,224"``); for the
+            tensorrt target a dim may also be a ``(min, opt, max)`` range
+            (``"x:1..8,3,224,224"``), which becomes its optimization profile.
         fold_limit: the largest constant (bytes) folding may create.
         debug_rules: log what every rewrite rule tried, refused and applied.
         verify_each: verify the IR after every pass.
@@ -193,7 +203,15 @@ def compile(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {os.fspath(out_dir)}: exists and is not a folder")
-    shapes = _as_input_shapes(input_shapes)
+    # A target that builds for a range of shapes (TensorRT's optimization
+    # profiles) takes NAME:MIN..MAX dims: the model loads with those dims
+    # symbolic, and the target gets the ranges.
+    if getattr(codegen, "SHAPE_RANGES", False):
+        ranges = _as_shape_ranges(input_shapes)
+        shapes, target_shapes = shapes_for_load(ranges), ranges
+    else:
+        shapes = _as_input_shapes(input_shapes)
+        target_shapes = shapes
 
     source: str | None = None
     if not isinstance(model, Graph):
@@ -207,7 +225,7 @@ def compile(
 
     if int8 and calibration is None:
         raise UsageError("int8 quantization needs calibration data (--calib DATA)")
-    target_options = _target_options(options, int8=int8, fp16=fp16, input_shapes=shapes)
+    target_options = _target_options(options, int8=int8, fp16=fp16, input_shapes=target_shapes)
     # A target may give the precision flags its own meaning: ncnn's and
     # TFLite's --fp16 store weights in float16 rather than converting the graph.
     precision_for = getattr(codegen, "precision_pipeline", precision_pipeline)
@@ -389,6 +407,16 @@ def _as_input_shapes(value: InputShapes | Sequence[str] | None) -> InputShapes:
     if isinstance(value, str):
         value = [value]
     return parse_input_shapes(value)
+
+
+def _as_shape_ranges(value: ShapeRanges | Sequence[str] | None) -> ShapeRanges:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k): tuple(tuple(d) if isinstance(d, (list, tuple)) else d for d in v) for k, v in value.items()}
+    if isinstance(value, str):
+        value = [value]
+    return parse_input_shape_ranges(value)
 
 
 def _check_shape_names(graph: Graph, shapes: InputShapes, source: str | None) -> None:
