@@ -46,3 +46,23 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     command = re.search(r"TEST_COMMAND='(.*)'", ci).group(1)  # type: ignore[union-attr]
     assert f"    {command}\n" in README
+
+
+def test_every_flag_the_readme_shows_for_kiln_commands_exists() -> None:
+    import subprocess
+    import sys
+
+    helps: dict[str, str] = {}
+    for line in README.splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0] != "kiln" or not line.startswith("    "):
+            continue
+        command = words[1]
+        if command not in helps:
+            proc = subprocess.run([sys.executable, "-m", "kiln", command, "--help"], capture_output=True, text=True,
+                                  check=False)
+            assert proc.returncode == 0, (command, proc.stderr)
+            helps[command] = proc.stdout
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", line.split("#")[0]):
+            assert flag in helps[command], f"README shows `kiln {command} ... {flag}`, which `kiln {command}` lacks"
+    assert {"compile", "inspect", "verify"} <= set(helps)
