@@ -162,3 +162,21 @@ def test_int8_timm(tmp_path, name, floor):
     ref = zoo.run_onnxruntime(model, feed)[0]
     got = next(iter(ncnn_runtime.run(result.artifacts[0], feed).values()))
     assert sqnr_db(ref, got) >= floor
+
+
+def test_int8_opset9_light_graph(tmp_path):
+    # The light zoo graphs are opset 9: quantization upgrades them to opset 13 (per-channel Q/DQ) and the
+    # pre-13 Softmax over axis 1 of a 4-D tensor must reach ncnn without a Shape op.
+    from kiln.calib import CalibrationConfig
+
+    name = "light_squeezenet"
+    model = _model(name)
+    iname = next(iter(zoo.example_inputs(name)))
+    calib = np.concatenate([zoo.example_inputs(name, seed=s)[iname] for s in range(1, 4)])
+    result = kiln_compile(model, "ncnn", tmp_path, int8=True,
+                          calibration=CalibrationConfig(data={iname: calib}, progress=False))
+    assert result.artifacts[0].read_text().count(" 8=2") >= 20  # int8 Convolution weights
+    feed = zoo.example_inputs(name, seed=20)
+    ref = zoo.run_onnxruntime(model, feed)[0]
+    got = next(iter(ncnn_runtime.run(result.artifacts[0], feed).values()))
+    assert got.size == ref.size and np.allclose(got.reshape(ref.shape), ref, atol=1e-3)
