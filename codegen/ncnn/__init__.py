@@ -87,7 +87,8 @@ def io_map(lowered: Lowered) -> dict[str, Any]:
     """The JSON written beside the param: ONNX names, ncnn blob names, ONNX shapes."""
     return {
         "format": "kiln-ncnn-io/1",
-        "inputs": [{"name": io.name, "blob": io.blob, "shape": list(io.shape)} for io in lowered.inputs],
+        "inputs": [{"name": io.name, "blob": io.blob, "shape": list(io.shape),
+                    **({"feed": io.feed} if io.feed != "float32" else {})} for io in lowered.inputs],
         "outputs": [{"name": io.name, "blob": io.blob, "shape": list(io.shape)} for io in lowered.outputs],
     }
 

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 from kiln.codegen.ncnn.lower import Lowering, ints, permute_order, unsupported
+from kiln.codegen.ncnn.weights import Blob
 from kiln.ir.core import Node, Value
 
 # ---------------------------------------------------------------------- data movement
@@ -112,6 +113,10 @@ def lower_slice(lw: Lowering, node: Node) -> None:
 def lower_gather(lw: Lowering, node: Node) -> None:
     x, idx = node.input(0), node.input(1)
     assert x is not None
+    table = lw.const(x)
+    if table is not None and idx is not None and idx in lw.int32_inputs:
+        lower_embed(lw, node, table)
+        return
     index = lw.const(idx)
     if x in lw.batchless and index is not None and int(node.attr("axis", 0)) == 0 and x.shape is not None \
             and len(x.shape) == 1 and np.array_equal(index.reshape(-1), np.arange(x.shape[0])):
@@ -129,6 +134,20 @@ def lower_gather(lw: Lowering, node: Node) -> None:
     mid = lw.new_blob(out.name + "_crop", tuple(crop_shape))
     lw.add("Crop", lw.layer_name(node), [lw.blob(x, node)], [mid], {9: [i], 10: [i + 1], 11: [axis - 1]})
     lw.blob_of[out] = lw.reshape(mid, lw.shape_of(out, node), node, "_squeeze")
+
+
+def lower_embed(lw: Lowering, node: Node, table: np.ndarray) -> None:
+    """A row lookup in a constant [vocab, dim] table by ids that come straight from a graph input (fed as
+    int32 bits, see ``IOBlob.feed``): ncnn's Embed, which clamps out-of-range ids where ONNX would fail."""
+    if table.ndim != 2 or int(node.attr("axis", 0)) % 2 != 0:
+        raise unsupported(node, "an embedding lookup other than rows of a 2-D constant table")
+    vocab, dim = (int(d) for d in table.shape)
+    out = node.outputs[0]
+    words = lw.onnx_shape(out, node)
+    top = lw.new_blob(out.name, (int(np.prod(words[:-1])), dim))  # ncnn: h = words, w = dim
+    lw.add("Embed", lw.layer_name(node), [lw.blob(node.inputs[1], node)], [top],  # type: ignore[arg-type]
+           {0: dim, 1: vocab, 2: 0, 3: vocab * dim}, [Blob(table.astype(np.float32), tagged=True)])
+    lw.blob_of[out] = lw.reshape(top, lw.shape_of(out, node), node, "_rows")
 
 
 def lower_pad(lw: Lowering, node: Node) -> None:
@@ -200,8 +219,7 @@ def lower_attention(lw: Lowering, node: Node) -> None:
     """kiln.Attention as ncnn's SDPA layer on [heads, seq, dim] blobs (heads split by Reshape + Permute)."""
     q, k, v = node.input(0), node.input(1), node.input(2)
     assert q is not None and k is not None and v is not None
-    if node.input(3) is not None:
-        raise unsupported(node, "attention with a mask")
+    mask = node.input(3)
     qs = lw.onnx_shape(q, node)
     out = node.outputs[0]
     if len(qs) == 3:
@@ -233,14 +251,42 @@ def lower_attention(lw: Lowering, node: Node) -> None:
     scale = node.attr("scale")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
     ctx = lw.new_blob(out.name + "_ctx", (heads, seq_q, dv))
-    # softmax(q kᵀ * scale) v per head; scale 0 would mean ncnn's default 1/sqrt(dim).
-    lw.add("SDPA", lw.layer_name(node), [qb, kb, vb], [ctx], {5: 0, 6: scale if scale != 0.0 else 1e-30})
+    bottoms = [qb, kb, vb]
+    if mask is not None:
+        bottoms.append(_attention_mask(lw, node, mask, heads, seq_q, seq_k))
+    # softmax(q kᵀ * scale [+ mask]) v per head; scale 0 would mean ncnn's default 1/sqrt(dim).
+    lw.add("SDPA", lw.layer_name(node), bottoms, [ctx],
+           {5: int(mask is not None), 6: scale if scale != 0.0 else 1e-30})
     if len(qs) == 4:
         lw.blob_of[out] = ctx
         return
     merged = lw.new_blob(out.name + "_merge", (seq_q, heads, dv))
     lw.add("Permute", lw.layer_name(node, "_merge"), [ctx], [merged], {0: permute_order([1, 0, 2], node)})
     lw.blob_of[out] = lw.reshape(merged, lw.shape_of(out, node), node, "_out")
+
+
+def _attention_mask(lw: Lowering, node: Node, mask: Value, heads: int, seq_q: int, seq_k: int) -> str:
+    """The additive mask as SDPA reads it: [seq_q, seq_k] rows for every head, or [heads, seq_q, seq_k].
+
+    ncnn adds row i of the mask to row i of q kᵀ with no broadcasting, so a mask that broadcasts over the
+    query rows or the heads (BERT's [1, 1, 1, seq_k]) is widened by adding it to zeros of the full shape.
+    """
+    if mask.dtype is not None and not mask.dtype.is_float:
+        raise unsupported(node, "attention with a boolean mask (kiln lowers additive float masks)")
+    ms = list(lw.onnx_shape(mask, node))
+    ms = [1] * (4 - len(ms)) + ms if len(ms) <= 4 else ms
+    if len(ms) != 4 or ms[0] != 1 or ms[1] not in (1, heads) or ms[2] not in (1, seq_q) or ms[3] != seq_k:
+        raise unsupported(node, f"an attention mask of shape {tuple(lw.onnx_shape(mask, node))} for "
+                                f"{heads} heads, {seq_q} queries and {seq_k} keys")
+    own = (ms[1], ms[2], seq_k) if ms[1] > 1 else (ms[2], seq_k)
+    full = (heads, seq_q, seq_k) if ms[1] > 1 else (seq_q, seq_k)
+    blob = lw.reshape(lw.blob(mask, node), own, node, "_mask")
+    if own == full:
+        return blob
+    zeros = lw.memory_data(np.zeros(full, np.float32), f"{mask.name}_rows", node)
+    wide = lw.new_blob(f"{mask.name}_wide", full)
+    lw.add("BinaryOp", lw.layer_name(node, "_mask_rows"), [blob, zeros], [wide], {0: 0})
+    return wide
 
 
 def lower_qdq(lw: Lowering, node: Node) -> None:

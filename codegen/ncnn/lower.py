@@ -44,11 +44,17 @@ _NAME_OK = re.compile(r"[^A-Za-z0-9_.:/\-]")
 
 @dataclass
 class IOBlob:
-    """A graph input or output: its ONNX name, ncnn blob name and ONNX shape."""
+    """A graph input or output: its ONNX name, ncnn blob name and ONNX shape.
+
+    ``feed`` says how the runtime fills an input's float blob: ``float32``
+    (the values, integers included: exact below 2**24), or ``int32`` (the
+    int32 bit patterns, which ncnn's Embed reads as its word indices).
+    """
 
     name: str
     blob: str
     shape: Shape
+    feed: str = "float32"
 
 
 @dataclass
@@ -83,6 +89,7 @@ class Lowering:
         self._blobs: set[str] = set()
         self.batchless: dict[Value, Shape] = {}
         self.int8_layers = 0
+        self.int32_inputs: set[Value] = set()
 
     # ------------------------------------------------------------------ names and values
 
@@ -193,8 +200,9 @@ class Lowering:
     def run(self) -> Lowered:
         inputs: list[IOBlob] = []
         for v in self.graph.inputs:
-            if v.dtype is not None and v.dtype.numpy != np.float32:
-                raise UsageError(f"input {v.name!r} is {v.dtype.name.lower()}; ncnn inputs are float32")
+            feed = _input_feed(v)
+            if feed == "int32":
+                self.int32_inputs.add(v)
             shape = v.shape
             if shape is None or not all(isinstance(d, int) for d in shape):
                 raise UsageError(f"input {v.name!r} has a dynamic shape {shape}; give --input-shape "
@@ -208,7 +216,7 @@ class Lowering:
             blob = self.new_blob(v.name, nshape)
             self.blob_of[v] = blob
             self.add("Input", self._unique(v.name, self._names), [], [blob], reshape_params(nshape, None))
-            inputs.append(IOBlob(v.name, blob, tuple(int(d) for d in shape)))
+            inputs.append(IOBlob(v.name, blob, tuple(int(d) for d in shape), feed))
         for node in self.graph:
             lower_node(self, node)
         outputs: list[IOBlob] = []
@@ -219,6 +227,20 @@ class Lowering:
                                          "or a constant")
             outputs.append(IOBlob(v.name, self.blob_of[src], self.onnx_shape(v, v.producer)))  # type: ignore[arg-type]
         return Lowered(self.layers, inputs, outputs, int8_layers=self.int8_layers)
+
+
+def _input_feed(v: Value) -> str:
+    """How an input reaches ncnn (see :class:`IOBlob`): float inputs as they are; integer inputs as int32
+    bits where every consumer is an Embed (a Gather from a constant table), else as float values."""
+    if v.dtype is None or v.dtype.numpy == np.float32:
+        return "float32"
+    if not (v.dtype.is_integer or v.dtype.numpy == np.bool_):
+        raise UsageError(f"input {v.name!r} is {v.dtype.name.lower()}; ncnn inputs are float32 (or integer ids)")
+    uses = list(v.uses)
+    if uses and all(u.node.op == "Gather" and u.node.domain == "" and u.index == 1 and
+                    _const_chain(u.node.inputs[0]) for u in uses):
+        return "int32"
+    return "float32"
 
 
 def _const_chain(v: Value | None) -> bool:

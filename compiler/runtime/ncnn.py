@@ -57,6 +57,22 @@ def load_net(artifact: str | os.PathLike[str], threads: int = 1, fp16: bool = Fa
     return net
 
 
+def _feed(array: np.ndarray, item: Mapping[str, Any], artifact: str | os.PathLike[str]) -> np.ndarray:
+    """The float32 array ncnn's blob gets: the values, or for ``"feed": "int32"`` (Embed's word ids) the
+    int32 bit patterns in a float32 array."""
+    if item.get("feed") == "int32":
+        if array.dtype.kind not in "iub":
+            raise UsageError(f"input {item['name']!r} holds ids: expected integers, got {array.dtype}",
+                             file=os.fspath(artifact))
+        if array.size and (array.min() < -(2**31) or array.max() >= 2**31):
+            raise UsageError(f"input {item['name']!r}: ids beyond int32", file=os.fspath(artifact))
+        return np.ascontiguousarray(array.astype(np.int32)).view(np.float32)
+    if array.dtype.kind in "iu" and array.size and np.abs(array).max() > 2**24:
+        raise UsageError(f"input {item['name']!r}: integers beyond 2**24 are not exact in ncnn's float blobs",
+                         file=os.fspath(artifact))
+    return array.astype(np.float32)
+
+
 def run(artifact: str | os.PathLike[str], inputs: Mapping[str, np.ndarray], *, threads: int = 1,
         fp16: bool = False, net: Any = None) -> dict[str, np.ndarray]:
     """Runs the model once; outputs by ONNX name in ONNX shape."""
@@ -69,7 +85,7 @@ def run(artifact: str | os.PathLike[str], inputs: Mapping[str, np.ndarray], *, t
     for item in io["inputs"]:
         if item["name"] not in inputs:
             raise UsageError(f"no value for input {item['name']!r}", file=os.fspath(artifact))
-        array = np.asarray(inputs[item["name"]], dtype=np.float32)
+        array = _feed(np.asarray(inputs[item["name"]]), item, artifact)
         if tuple(array.shape) != tuple(item["shape"]):
             raise UsageError(f"input {item['name']!r} has shape {array.shape}; the ncnn model was compiled for "
                              f"{tuple(item['shape'])}", file=os.fspath(artifact))

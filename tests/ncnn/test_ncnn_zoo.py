@@ -180,3 +180,31 @@ def test_int8_opset9_light_graph(tmp_path):
     ref = zoo.run_onnxruntime(model, feed)[0]
     got = next(iter(ncnn_runtime.run(result.artifacts[0], feed).values()))
     assert got.size == ref.size and np.allclose(got.reshape(ref.shape), ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["bert_tiny_ts", "bert_tiny_dynamo"])
+def test_bert_encoder_runs_on_ncnn(name, tmp_path):
+    # Token ids reach ncnn's Embed as int32 bits, the int64 attention mask as float values; the additive
+    # mask [1, 1, 1, seq] is widened to SDPA's [seq, seq] rows (pnnx writes torch ops ncnn cannot load here).
+    model = _model(name)
+    result = kiln_compile(model, "ncnn", tmp_path)
+    layers = [line.split()[0] for line in result.artifacts[0].read_text().splitlines()[2:]]
+    assert layers.count("Embed") == 1 and layers.count("SDPA") == 2 and layers.count("LayerNorm") == 5
+    assert "Cast" not in layers
+    feed = zoo.example_inputs(name, seed=3)
+    feed["attention_mask"][0, -9:] = 0  # padding at the end: the masked keys must not leak into any row
+    ref = zoo.run_onnxruntime(model, feed)[0]
+    got = ncnn_runtime.run(result.artifacts[0], feed)["last_hidden_state"]
+    assert float(np.abs(ref - got).max() / np.abs(ref).max()) <= 1e-4
+    unmasked = dict(feed, attention_mask=np.ones_like(feed["attention_mask"]))
+    assert np.abs(zoo.run_onnxruntime(model, unmasked)[0] - ref).max() > 1e-2  # the mask matters
+
+
+def test_ids_must_be_integers(tmp_path):
+    from kiln.errors import UsageError
+
+    result = kiln_compile(_model("bert_tiny_ts"), "ncnn", tmp_path)
+    feed = zoo.example_inputs("bert_tiny_ts")
+    feed["input_ids"] = feed["input_ids"].astype(np.float32)
+    with pytest.raises(UsageError, match="input 'input_ids' holds ids: expected integers"):
+        ncnn_runtime.run(result.artifacts[0], feed)
