@@ -289,15 +289,11 @@ def depth_space(lw: Lowerer, node: Node) -> None:
 
 @lowers("kiln.NhwcChannelShuffle")
 def channel_shuffle(lw: Lowerer, node: Node) -> None:
+    """ShuffleNet's channel shuffle as one GATHER of the channel axis, not Reshape-Transpose-Reshape: the
+    body of a CNN keeps no TRANSPOSE.  Output channel j reads input channel (j % g) * (C / g) + j // g."""
     xv = node.inputs[0]
     assert xv is not None
-    n, h, w, c = lw.shape(xv)
+    c = lw.shape(xv)[3]
     group = int(node.attr("group"))
-    dtype = lw.dtype(xv)
-    grouped = lw.new("shuffle_grouped", (n * h * w, group, c // group), dtype)
-    lw.op("RESHAPE", [lw.value(xv), lw.ints([n * h * w, group, c // group], "shape")], [grouped],
-          {"new_shape": [n * h * w, group, c // group]})
-    swapped = lw.new("shuffle_swapped", (n * h * w, c // group, group), dtype)
-    lw.op("TRANSPOSE", [grouped, lw.ints([0, 2, 1], "perm")], [swapped])
-    lw.op("RESHAPE", [swapped, lw.ints([n, h, w, c], "shape")], [lw.define(node.outputs[0])],
-          {"new_shape": [n, h, w, c]})
+    order = [(j % group) * (c // group) + j // group for j in range(c)]
+    lw.op("GATHER", [lw.value(xv), lw.ints(order, "shuffle_order")], [lw.define(node.outputs[0])], {"axis": 3})

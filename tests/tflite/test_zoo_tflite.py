@@ -62,9 +62,17 @@ def test_float32_matches_onnxruntime(name: str, tmp_path: Path) -> None:
     artifact, graph = _compile(name, tmp_path)
     if name not in ATTENTION:
         assert interior_transposes(graph) == 0
+        assert _file_transposes(artifact) <= 1  # the NCHW input's, at the boundary (channel shuffles: GATHER)
     actual = litert.run(artifact, feed)
     for key, e in _expected(name).items():
         assert rel_err(e, actual[key]) <= 1e-3, key
+
+
+def _file_transposes(path: Path) -> int:
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops = Interpreter(model_path=str(path))._get_ops_details()
+    return sum(1 for op in ops if op.get("op_name") == "TRANSPOSE")
 
 
 def _run_builtin_kernels(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
