@@ -65,8 +65,8 @@ def act_layer(act: str, params: list[float], node: Node, slope: np.ndarray | Non
 
 
 def fused_activation(node: Node) -> tuple[str, list[float]] | None:
-    """The activation of a kiln.ConvAct / kiln.GemmAct, or ``None``."""
-    if node.domain != "kiln" or node.op not in ("ConvAct", "GemmAct"):
+    """The activation of a kiln.ConvAct / ConvTransposeAct / GemmAct, or ``None``."""
+    if node.domain != "kiln" or node.op not in ("ConvAct", "ConvTransposeAct", "GemmAct"):
         return None
     return activation_params(node)
 

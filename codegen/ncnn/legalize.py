@@ -17,9 +17,9 @@ from kiln.codegen.ncnn.param import Layer
 
 # Run after the preset and the precision passes.  ``target-fusions`` raises the ops ncnn
 # has single layers for (activations into Conv/Gemm, LayerNorm, GELU, Swish, HardSwish,
-# attention, channel shuffle).  No constant folding here: after ``quantize`` it would
-# turn the int8 weights back into float.
-PIPELINE = "target-fusions,remove-noops,dce"
+# attention, channel shuffle); ``fuse-convtranspose-act`` gives Deconvolution its activation.
+# No constant folding here: after ``quantize`` it would turn the int8 weights back into float.
+PIPELINE = "target-fusions,fuse-convtranspose-act,remove-noops,dce"
 
 
 def legalize_pipeline(options: Mapping[str, Any] | None = None) -> str:

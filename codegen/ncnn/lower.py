@@ -380,6 +380,7 @@ def op_tables() -> tuple[dict[str, Callable[[Lowering, Node], None]], dict[str, 
 
     kiln_ops: dict[str, Callable[[Lowering, Node], None]] = {
         "ConvAct": lower_conv,
+        "ConvTransposeAct": lower_conv_transpose,
         "GemmAct": lower_gemm,
         "LayerNorm": lower_layernorm,
         "Gelu": lower_unary,

@@ -3,6 +3,9 @@
 ``kiln.ConvAct(X, W, [B], [slope])``
     ``act(Conv(X, W, B))``.  Conv's attributes (``auto_pad``, ``dilations``,
     ``group``, ``kernel_shape``, ``pads``, ``strides``) plus the activation.
+``kiln.ConvTransposeAct(X, W, [B], [slope])``
+    ``act(ConvTranspose(X, W, B))`` with ConvTranspose's attributes (NCNN's
+    Deconvolution carries the activation; ``fuse-convtranspose-act`` makes it).
 ``kiln.GemmAct(A, B, [C], [slope])``
     ``act(alpha * A' @ B' + beta * C)`` where ``A'``/``B'`` swap their last two
     axes when ``transA``/``transB`` is set.  With 2-D ``A`` and ``B`` this is
@@ -211,6 +214,44 @@ kiln_op(
     decompose=_decompose_conv_act,
     infer=_infer_conv_act,
     doc="act(Conv(X, W, B)): a convolution with a fused activation (inputs X, W, [B], [PRelu slope])",
+)
+
+
+# --------------------------------------------------------------------------- ConvTransposeAct
+
+_CONV_TRANSPOSE_ATTRS = (*_CONV_ATTRS, "output_padding", "output_shape")
+
+
+def _infer_conv_transpose_act(ctx: InferContext) -> list[Type | None]:
+    from kiln.ops.inference.nn import infer_conv_transpose
+
+    return infer_conv_transpose(ctx)
+
+
+def _decompose_conv_transpose_act(b: OpBuilder, node: Node) -> list[Value]:
+    attrs: dict[str, Any] = {k: node.attrs[k] for k in _CONV_TRANSPOSE_ATTRS if k in node.attrs}
+    y = b.ConvTranspose(*_trimmed(list(node.inputs[:3])), **attrs)
+    return [emit_activation(b, y, node, node.input(3))]
+
+
+kiln_op(
+    "ConvTransposeAct",
+    inputs=(2, 4),
+    attrs={
+        "auto_pad": AttrSpec("auto_pad", AttrKind.STRING, default="NOTSET"),
+        "dilations": AttrSpec("dilations", AttrKind.INTS),
+        "group": AttrSpec("group", AttrKind.INT, default=1),
+        "kernel_shape": AttrSpec("kernel_shape", AttrKind.INTS),
+        "output_padding": AttrSpec("output_padding", AttrKind.INTS),
+        "output_shape": AttrSpec("output_shape", AttrKind.INTS),
+        "pads": AttrSpec("pads", AttrKind.INTS),
+        "strides": AttrSpec("strides", AttrKind.INTS),
+        **_ACT_ATTRS,
+    },
+    decompose=_decompose_conv_transpose_act,
+    infer=_infer_conv_transpose_act,
+    doc="act(ConvTranspose(X, W, B)): a transposed convolution with a fused activation "
+        "(inputs X, W, [B], [PRelu slope])",
 )
 
 

@@ -1,6 +1,8 @@
 """``fuse-act``: activations fused into the Conv/Gemm/MatMul that produces their input.
 
 - ``fuse-conv-act``: ``act(Conv(x, W, B))`` -> ``kiln.ConvAct(x, W, B)``;
+- ``fuse-convtranspose-act`` (a pass of its own, see below):
+  ``act(ConvTranspose(x, W, B))`` -> ``kiln.ConvTransposeAct(x, W, B)``;
 - ``fuse-gemm-act``: ``act(Gemm(A, B, C))`` -> ``kiln.GemmAct(A, B, C)``;
 - ``fuse-matmul-act``: ``act(MatMul(a, b))`` and ``act(MatMul(a, b) + c)``
   (``c`` broadcasting into the product without widening it) ->
@@ -123,6 +125,26 @@ def _(ctx, act: Node, y: Value) -> bool | str:
 @conv_act.replace
 def _(op, act: Node, y: Value, args: tuple) -> Value:
     return _fused(op, "ConvAct", y.producer, list(args), act)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- ConvTranspose
+
+
+@rule("fuse-convtranspose-act")
+def conv_transpose_act(op):
+    """act(ConvTranspose(x, W, [B])) -> kiln.ConvTransposeAct(x, W, [B])."""
+    deconv = op.ConvTranspose(P.variadic("args"), _outputs=["y"], _one_use=True)
+    return op.op(SIMPLE_ACTIVATIONS, deconv, _allow_other_inputs=True, _node="act")
+
+
+@conv_transpose_act.check
+def _(ctx, act: Node, y: Value) -> bool | str:
+    return _check_act(act, y)
+
+
+@conv_transpose_act.replace
+def _(op, act: Node, y: Value, args: tuple) -> Value:
+    return _fused(op, "ConvTransposeAct", y.producer, list(args), act)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- Gemm / MatMul
@@ -338,4 +360,16 @@ FuseActivation = register_pass(
     ACT_RULES.as_pass("fuse-act", "Fuses activations into the Conv/Gemm/MatMul before them (kiln.ConvAct, kiln.GemmAct).")
 )
 
-__all__ = ["ACT_RULES", "SIMPLE_ACTIVATIONS", "FuseActivation", "activation_of"]
+# A pass of its own, run by the targets whose transposed convolution carries an activation (NCNN's
+# Deconvolution): onnxruntime has no fused ConvTranspose, and on TFLite and TensorRT the activation is a
+# layer of its own anyway, so it is not in fuse-act, O3 or target-fusions.
+CONV_TRANSPOSE_ACT_RULES = RuleSet([conv_transpose_act], name="fuse-convtranspose-act")
+
+FuseConvTransposeActivation = register_pass(
+    CONV_TRANSPOSE_ACT_RULES.as_pass(
+        "fuse-convtranspose-act", "Fuses activations into the ConvTranspose before them (kiln.ConvTransposeAct)."
+    )
+)
+
+__all__ = ["ACT_RULES", "CONV_TRANSPOSE_ACT_RULES", "SIMPLE_ACTIVATIONS", "FuseActivation",
+           "FuseConvTransposeActivation", "activation_of"]

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from kiln.ir.core import Graph, Node, Value
 from kiln.ir.dtypes import DType
 
-WEIGHTED_CONV = {"onnx.Conv": 0, "kiln.ConvAct": 0, "onnx.ConvTranspose": 1}
+WEIGHTED_CONV = {"onnx.Conv": 0, "kiln.ConvAct": 0, "onnx.ConvTranspose": 1, "kiln.ConvTransposeAct": 1}
 """op -> the weight's output-channel axis."""
 WEIGHTED_GEMM = ("onnx.Gemm", "kiln.GemmAct", "onnx.MatMul")
 POOLING = ("onnx.MaxPool", "onnx.AveragePool", "onnx.GlobalAveragePool", "onnx.GlobalMaxPool")

@@ -263,3 +263,42 @@ def test_kiln_op_that_is_no_activation_is_refused() -> None:
         "m = MatMul(x, w)\ny = kiln.LayerNorm(m)\n}\n"
     )
     _check_kiln_input(text, {}, ["onnx.MatMul", "kiln.LayerNorm"])
+
+
+# ------------------------------------------------------------------------------------------ ConvTranspose
+
+WT = const_text("wt", (3, 2, 3, 3), 4)  # ConvTranspose weight [Cin, Cout / group, kh, kw]
+BT = const_text("bt", (2,), 5)
+SLOPE_T = const_text("slope", (2, 1, 1), 6)
+
+
+@pytest.mark.parametrize("body", ["y = Relu(c)", "y = Sigmoid(c)", "y = LeakyRelu<alpha=0.1>(c)", "y = PRelu(c, slope)",
+                                  "y = HardSigmoid(c)"])
+def test_conv_transpose_activation(body: str) -> None:
+    text = model_text(
+        "(float[1,3,5,5] x) => (float[1,2,12,12] y)", [WT, BT, SLOPE_T],
+        f"c = ConvTranspose<strides=[2,2], pads=[0,0,0,0], output_padding=[1,1]>(x, wt, bt)\n{body}",
+    )
+    g, _ = check_rewrite(text, "fuse-convtranspose-act", fired_exactly={"fuse-convtranspose-act": 1},
+                         ops=["kiln.ConvTransposeAct"])
+    node = next(iter(g))
+    assert node.attr("activation") == body.split("= ")[1].split("(")[0].split("<")[0]
+    assert node.attr("output_padding") == [1, 1] and node.attr("strides") == [2, 2]
+    assert node.outputs[0].type == TensorType(DType.FLOAT, (1, 2, 12, 12))
+    verify(g)
+
+
+def test_conv_transpose_shared_output_is_a_near_miss() -> None:
+    text = model_text(
+        "(float[1,3,5,5] x) => (float[1,2,11,11] y, float[1,2,11,11] c)", [WT, BT],
+        "c = ConvTranspose<strides=[2,2]>(x, wt, bt)\ny = Relu(c)",
+    )
+    check_rewrite(text, "fuse-convtranspose-act", fired_exactly={}, ops=["onnx.ConvTranspose", "onnx.Relu"])
+
+
+def test_conv_transpose_is_not_in_fuse_act() -> None:
+    """onnxruntime, TFLite and TensorRT run the activation as a layer of its own: only NCNN's pipeline fuses it."""
+    text = model_text("(float[1,3,5,5] x) => (float[1,2,11,11] y)", [WT, BT],
+                      "c = ConvTranspose<strides=[2,2]>(x, wt, bt)\ny = Relu(c)")
+    check_rewrite(text, "fuse-act", fired_exactly={}, ops=["onnx.ConvTranspose", "onnx.Relu"])
+    assert kiln_ops()["ConvTransposeAct"].decompose is not None

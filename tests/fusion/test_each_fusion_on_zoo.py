@@ -23,6 +23,7 @@ PASSES = (
     "fuse-bn", "fuse-bias", "fuse-pad", "fuse-act", "fuse-gemm", "fold-elementwise", "raise-norm", "raise-gelu",
     "raise-swish", "raise-softmax", "raise-attention", "raise-patterns", "raise-channel-shuffle",
     "fuse-sibling-conv", "fuse-sibling-matmul", "fuse-concat-split", "merge-slices", "fuse-global-pool",
+    "fuse-convtranspose-act",
 )
 MODELS = (
     "ppocr_cls", "ppocr_rec", "light_squeezenet", "light_shufflenet", "timm_mobilenetv3_large_100_ts",
@@ -59,3 +60,18 @@ def test_each_fusion_alone(name: str) -> None:
             error = _max_rel(expected, run_ort(kiln.to_onnx(graph, kiln_ops=form), feed))
             assert error <= 1e-4, f"{pass_name} ({form}): max rel error {error:.3g}"
     assert any(fired.values()), fired  # some pass had work on every model
+
+
+def test_conv_transpose_activations_of_ppocr_det() -> None:
+    """PP-OCR det's head upsamples with ConvTranspose + BatchNorm + Relu and ConvTranspose + BatchNorm + Sigmoid:
+    after O2 folds the BatchNorms, both activations join their ConvTranspose."""
+    path = str(zoo.get_model("ppocr_det"))
+    feed = zoo.example_inputs("ppocr_det")
+    graph = kiln.load(path, input_shapes={k: v.shape for k, v in feed.items()})
+    kiln.optimize(graph, pipeline="O2,fuse-convtranspose-act,dce")
+    fused = [n for n in graph if n.op_id == "kiln.ConvTransposeAct"]
+    assert sorted(n.attr("activation") for n in fused) == ["Relu", "Sigmoid"]
+    assert not any(n.op == "ConvTranspose" for n in graph)
+    expected = run_ort(onnx.load(path), feed)
+    # a probability map where reassociated float sums alone move pixels by ~1e-4
+    assert _max_rel(expected, run_ort(kiln.to_onnx(graph), feed)) <= 3e-4

@@ -70,6 +70,15 @@ def test_conv_transpose(tmp_path, group):
     assert err < 1e-4 and "Deconvolution" in param.read_text()
 
 
+@pytest.mark.parametrize("group,act,expect", [(1, "Relu", "9=1"), (2, "Sigmoid", "9=4"), (1, "HardSwish", "9=6")])
+def test_conv_transpose_carries_its_activation(tmp_path, group, act, expect):
+    nodes = [N("ConvTranspose", ["x", "w", "b"], ["c"], strides=[2, 2], group=group), N(act, ["c"], ["y"])]
+    consts = {"w": weights((4, 6 // group, 3, 3)), "b": weights((6,), 1)}
+    err, param = compile_and_compare(make_model(nodes, X4, {"y": None}, consts, opset=18), tmp_path)
+    assert err < 1e-4 and expect in param.read_text()
+    assert [f[0] for f in param_layers(param)][1:] == ["Deconvolution" if group == 1 else "DeconvolutionDepthWise"]
+
+
 @pytest.mark.parametrize("shape", [(1, 12), (1, 5, 12), (1, 3, 5, 12)])
 def test_matmul_constant_weight(tmp_path, shape):
     nodes = [N("MatMul", ["x", "w"], ["m"]), N("Add", ["m", "b"], ["r"]), N("Relu", ["r"], ["y"])]
