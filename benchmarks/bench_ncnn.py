@@ -44,7 +44,9 @@ def pnnx_convert(case: cv.Case, fp16: bool, timeout: float) -> cv.Converted:
     model = folder / "model.onnx"
     if not model.exists():
         shutil.copy(case.path, model)
-    shapes = ",".join("[" + ",".join(str(d) for d in case.feed[n].shape) + "]" for n in case.inputs)
+    kinds = {"float32": "f32", "float16": "f16", "int64": "i64", "int32": "i32", "int8": "i8", "uint8": "u8"}
+    shapes = ",".join("[" + ",".join(str(d) for d in case.feed[n].shape) + "]" + kinds.get(str(case.feed[n].dtype), "")
+                      for n in case.inputs)
     code, text, secs = cv.run_cli([pnnx, model.name, f"inputshape={shapes}", f"fp16={int(fp16)}"], timeout,
                                   cwd=folder)
     param = folder / "model.ncnn.param"

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = ".param"
 MAP_SUFFIX = ".ncnn.json"
-_STANDARD = ("fp16", "int8", "input_shapes")
+_STANDARD = ("fp16", "int8", "input_shapes", "pipeline")
 _OWN = ("param_bin", "c_header")
 
 # ncnn's layer type indices (the order of ncnn_add_layer in ncnn's src/CMakeLists.txt),

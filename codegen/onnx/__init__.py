@@ -26,7 +26,7 @@ SUFFIX = ".onnx"
 
 # Keys the driver always passes (kiln.driver.compile.STANDARD_OPTIONS); the
 # graph already carries what int8/fp16 did, and shapes were applied at load.
-_STANDARD = ("fp16", "int8", "input_shapes")
+_STANDARD = ("fp16", "int8", "input_shapes", "pipeline")
 _OPTIONS = ("onnx_contrib",)
 
 CONTRIB_PIPELINE = (

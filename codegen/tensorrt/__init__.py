@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 SUFFIX = ".trt.py"
 SHAPE_RANGES = True
 """``--input-shape`` dims may be ``MIN..MAX`` ranges: they become the optimization profile."""
-_STANDARD = ("fp16", "int8", "input_shapes")
+_STANDARD = ("fp16", "int8", "input_shapes", "pipeline")
 _OWN = ("workspace", "timing_cache", "builder_optimization_level", "strongly_typed")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._+-]+\Z")
 

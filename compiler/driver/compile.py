@@ -12,7 +12,7 @@ which provides ``legalize_pipeline(options) -> str``,
 TFLite store float16 *weights*), ``precision_pipeline(int8, fp16, qopts)``.
 The optimization pipeline (a preset or the caller's text), the precision
 passes and the target's legalization run as one pipeline under one pass
-manager.  ``emit`` always finds ``fp16``, ``int8`` and ``input_shapes`` in
+manager.  ``emit`` always finds ``fp16``, ``int8``, ``input_shapes`` and ``pipeline`` (the whole pipeline text) in
 its options, then the user's target options (:data:`TARGET_OPTIONS`).
 
 Artifacts are emitted into a private staging folder inside ``out_dir`` and
@@ -68,7 +68,7 @@ TARGET_OPTIONS: dict[str, str] = {
 }
 
 # Keys every target's ``emit`` finds in its options, whatever the user asked.
-STANDARD_OPTIONS = ("fp16", "int8", "input_shapes")
+STANDARD_OPTIONS = ("fp16", "int8", "input_shapes", "pipeline")
 
 DEFAULT_LEVEL = 2
 
@@ -233,6 +233,7 @@ def compile(
     level, full_text, parsed = _prepare_pipeline(
         codegen, level, pipeline, load_passes, precision, target_options
     )
+    target_options["pipeline"] = full_text  # what made the artifact, for targets that record it (TFLite metadata)
     instruments = _instruments(
         time_passes=time_passes,
         print_ir_after=list(print_ir_after),

@@ -153,6 +153,16 @@ def test_same_input_same_bytes(tmp_path: Path) -> None:
     assert _compile(model, tmp_path / "b").read_bytes() == first
 
 
+def test_metadata_records_the_whole_pipeline(tmp_path: Path) -> None:
+    net = Net((1, 3, 8, 8))
+    model = net.model(net.node("Relu", [net.node("Conv", ["x", net.w((8, 3, 3, 3))], kernel_shape=[3, 3])]))
+    onnx.save(model, tmp_path / "m.onnx")
+    result = kiln.compile(str(tmp_path / "m.onnx"), "tflite", str(tmp_path / "out"), level=1)
+    meta = litert.read_metadata(result.artifacts[0].read_bytes())
+    assert meta["kiln_pipeline"].decode() == result.pipeline
+    assert meta["kiln_pipeline"].decode().startswith("O1,") and b"to-nhwc" in meta["kiln_pipeline"]
+
+
 def test_unsupported_op_names_the_node_and_writes_nothing(tmp_path: Path) -> None:
     net = Net((1, 3, 8, 8))
     x = net.node("Conv", ["x", net.w((8, 3, 3, 3))], kernel_shape=[3, 3])
