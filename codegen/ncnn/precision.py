@@ -7,8 +7,9 @@ gives there.  So, where the ``ncnn`` package is importable, :func:`fp32_islands`
 the model on deterministic random inputs: when all-float16 storage stays within
 ``budget`` of float32 storage nothing changes; otherwise it measures each weight
 buffer's sensitivity (that buffer alone in float16) and keeps the most sensitive ones
-in float32, the fewest that bring the error within budget.  Without ncnn every buffer
-is stored in float16 and a warning says so.
+in float32, the fewest that bring the error within budget (the search is
+:func:`kiln.quant.islands.fewest_sensitive`, shared with TFLite).  Without ncnn every
+buffer is stored in float16 and a warning says so.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import numpy as np
 from kiln.codegen.ncnn.lower import Lowered
 from kiln.codegen.ncnn.param import param_text
 from kiln.codegen.ncnn.weights import encode
+from kiln.quant.islands import BUDGET, fewest_sensitive, output_error, report_islands
 
 logger = logging.getLogger(__name__)
 
-BUDGET = 1e-3  # max relative output error of fp16 storage against fp32 storage, on random inputs
 
 
 def _runner(lowered: Lowered, folder: Path) -> Callable[[list[bytes]], list[np.ndarray]]:
@@ -60,10 +61,6 @@ def _runner(lowered: Lowered, folder: Path) -> Callable[[list[bytes]], list[np.n
     return run
 
 
-def _error(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-    return max(float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)) for a, b in zip(ref, got))
-
-
 def fp32_islands(lowered: Lowered, budget: float = BUDGET) -> set[int]:
     """Indices (into the flat weight-buffer list) of tagged buffers to keep in float32."""
     blobs = [b for layer in lowered.layers for b in layer.weights]
@@ -84,26 +81,6 @@ def fp32_islands(lowered: Lowered, budget: float = BUDGET) -> set[int]:
     with tempfile.TemporaryDirectory(prefix="kiln-ncnn-fp16-") as tmp:
         run = _runner(lowered, Path(tmp))
         ref = run(full)
-        if _error(ref, run(mixed(set(tagged)))) <= budget:
-            return set()
-        sensitivity = sorted(((_error(ref, run(mixed({i}))), i) for i in tagged), key=lambda t: (-t[0], t[1]))
-        order = [i for _, i in sensitivity]
-
-        def within(count: int) -> bool:
-            return _error(ref, run(mixed(set(order[count:])))) <= budget
-
-        # Doubling, then bisection: the fewest most-sensitive buffers kept in float32.
-        high = 1
-        while high < len(order) and not within(high):
-            high *= 2
-        high = min(high, len(order))
-        low = high // 2
-        while high - low > 1:
-            mid = (low + high) // 2
-            if within(mid):
-                high = mid
-            else:
-                low = mid
-        islands = set(order[:high])
-    logger.info("fp16 storage: %d of %d weight buffers kept in float32", len(islands), len(tagged))
+        islands = fewest_sensitive(tagged, lambda fp16: output_error(ref, run(mixed(fp16))), budget)
+    report_islands([blobs[i].data.nbytes for i in islands], [blobs[i].data.nbytes for i in tagged], budget)
     return islands

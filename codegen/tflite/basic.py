@@ -267,7 +267,7 @@ def gemm(lw: Lowerer, node: Node) -> None:
     if lw.quantized(node):
         bias = lw.q.bias_tensor(node, 2, n, bias_values if bias_values is not None else np.zeros(n, np.float32))
     else:
-        bias = -1 if bias_values is None else lw.const(bias_values, "fc_bias")
+        bias = -1 if bias_values is None else lw.const(bias_values, c.name if c is not None else "fc_bias")
     raw, final, act = lw.conv_output(node)
     _fully_connected(lw, node, a, weights, bias, act, raw)
     if raw != final:

@@ -27,6 +27,7 @@ before anything is written.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -56,10 +57,12 @@ def lowers(*op_ids: str) -> Callable[[Handler], Handler]:
 class Lowerer:
     """Turns one graph into the tensors and operators of a ``ModelBuilder``."""
 
-    def __init__(self, graph: Graph, builder: Any, *, fp16: bool = False, source: str | None = None) -> None:
+    def __init__(self, graph: Graph, builder: Any, *, fp16: bool = False, source: str | None = None,
+                 keep_fp32: set[str] | None = None) -> None:
         self.graph = graph
         self.b = builder
         self.fp16 = fp16
+        self.keep_fp32 = keep_fp32 or set()  # constants (by name) that float16 would cost too much accuracy
         self.source = source
         self.index: dict[Value, int] = {}
         self._const_cache: dict[tuple[int, str], int] = {}
@@ -134,7 +137,7 @@ class Lowerer:
         arr = np.asarray(data, dtype=dtype)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
-        if self.fp16 and weight and arr.dtype == np.float32 and arr.size > 1:
+        if self.fp16 and weight and arr.dtype == np.float32 and arr.size > 1 and base not in self.keep_fp32:
             half = self.add(base + "_fp16", arr.shape, np.float16, data=arr.astype(np.float16))
             full = self.new(base, arr.shape, np.float32)
             self.b.add_operator("DEQUANTIZE", [half], [full])
@@ -204,7 +207,7 @@ class Lowerer:
         """The bias tensor (zeros when absent); int32 at scale ``in_scale * w_scale`` for int8."""
         if self.quantized(node):
             return self.q.bias_tensor(node, i, n, self.bias_data(node, i, n))  # type: ignore[union-attr]
-        return self.const(self.bias_data(node, i, n), "bias")
+        return self.const(self.bias_data(node, i, n), (node.input(i) or node.outputs[0]).name)
 
     # ---- activations
 
@@ -420,6 +423,7 @@ def build(graph: Graph, *, fp16: bool, nhwc_io: bool, pipeline: str, source: str
     from kiln.codegen.tflite.flatbuffer import ModelBuilder
 
     check_static(graph, source)
+    keep_fp32 = float16_islands(graph) if fp16 else set()
     decompose_kiln_ops(graph)
     metadata = {
         "kiln_version": kiln.__version__,
@@ -427,11 +431,25 @@ def build(graph: Graph, *, fp16: bool, nhwc_io: bool, pipeline: str, source: str
         "kiln_io_layout": json.dumps(io_layout(graph, nhwc_io), sort_keys=True),
     }
     builder = ModelBuilder(description=f"kiln {kiln.__version__}", metadata=metadata)
-    lowerer = Lowerer(graph, builder, fp16=fp16, source=source)
+    lowerer = Lowerer(graph, builder, fp16=fp16, source=source, keep_fp32=keep_fp32)
     quant.QuantLowering.attach(lowerer, int8_io=int8_io)
     lowerer.lower()
     builder.set_io(lowerer.inputs, lowerer.outputs(), [v.name for v in graph.inputs], [v.name for v in graph.outputs])
     return bytes(builder.finish())
+
+
+def float16_islands(graph: Graph) -> set[str]:
+    """The weights to keep in float32 in a float16 file: measured on onnxruntime (the file dequantizes its
+    float16 weights at load, so the IR with rounded weights computes what LiteRT will), see
+    :mod:`kiln.quant.islands`.  Without onnxruntime every weight goes to float16."""
+    try:
+        from kiln.quant.islands import onnxruntime_islands
+
+        return onnxruntime_islands(graph)
+    except ImportError:
+        logging.getLogger(__name__).warning("onnxruntime is not importable: every weight stored in float16 "
+                                            "without checking its error")
+        return set()
 
 
 def prod(values: Sequence[int]) -> int:

@@ -122,8 +122,8 @@ def conv_transpose(lw: Lowerer, node: Node) -> None:
     final = lw.define(out_v)
     needs_crop = tuple(out_shape) != full
     raw = lw.new(out_v.name + "_full", full, np.float32) if needs_crop else final
-    weights = lw.const(w.transpose(1, 2, 3, 0), "tconv_weights")
-    bias = lw.const(lw.bias_data(node, 2, cout), "tconv_bias")
+    weights = lw.const(w.transpose(1, 2, 3, 0), node.inputs[1].name if node.inputs[1] is not None else "tconv_weights")
+    bias = lw.const(lw.bias_data(node, 2, cout), node.inputs[2].name if node.input(2) is not None else "tconv_bias")
     lw.op("TRANSPOSE_CONV", [lw.ints(full, "output_shape"), weights, lw.value(xv), bias], [raw],
           {"padding": "VALID", "stride_h": sh, "stride_w": sw})
     if needs_crop:

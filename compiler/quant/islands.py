@@ -1,0 +1,121 @@
+"""float16 weight storage with float32 islands: the fewest most sensitive weights kept in float32.
+
+Rounding a weight to float16 costs ~5e-4 relative, which most models shrug off; a few
+layers amplify it into a wrong output (PP-OCRv4 det: early depthwise convolutions whose
+outputs later cancel).  The targets that store weights in float16 (NCNN's fp16 storage,
+TFLite's float16 mode) keep those few in float32.  :func:`fewest_sensitive` is the
+search; each target measures with what runs its format (ncnn's runtime for NCNN, and
+onnxruntime on the IR, :func:`onnxruntime_islands`, for TFLite, whose float16 weights
+are dequantized at load so the IR with rounded weights computes the same numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+BUDGET = 1e-3
+"""Max relative output error of float16 weights against float32 ones, on deterministic random inputs."""
+
+
+def output_error(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
+    """The largest max |a - b| / max |a| over the outputs."""
+    return max(float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)) for a, b in zip(reference, actual))
+
+
+def fewest_sensitive(candidates: Sequence[int], error_with_fp16: Callable[[set[int]], float],
+                     budget: float = BUDGET) -> set[int]:
+    """The candidates to keep in float32: none when all of them in float16 stay within ``budget``, else the
+    fewest most sensitive ones (each one's sensitivity: the error with only it in float16) that bring the
+    error within budget (all of them, at worst)."""
+    everything = set(candidates)
+    if not everything or error_with_fp16(everything) <= budget:
+        return set()
+    sensitivity = sorted(((error_with_fp16({i}), i) for i in candidates), key=lambda t: (-t[0], t[1]))
+    order = [i for _, i in sensitivity]
+
+    def within(count: int) -> bool:
+        return error_with_fp16(set(order[count:])) <= budget
+
+    # Doubling, then bisection on how many of the most sensitive stay float32.
+    high = 1
+    while high < len(order) and not within(high):
+        high *= 2
+    high = min(high, len(order))
+    low = high // 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        if within(mid):
+            high = mid
+        else:
+            low = mid
+    return set(order[:high])
+
+
+def onnxruntime_islands(graph: object, budget: float = BUDGET, names: Iterable[str] | None = None,
+                        inputs: dict[str, np.ndarray] | None = None) -> set[str]:
+    """Names of the graph's float32 constants (more than one element) to keep in float32, measured with
+    onnxruntime on the exported IR: one session with the weights as graph inputs, one run per trial."""
+    import onnx
+    import onnxruntime as ort
+    from kiln.exporter import to_onnx
+    from onnx import numpy_helper
+
+    model = to_onnx(graph)  # type: ignore[arg-type]
+    allowed = set(names) if names is not None else None
+    weights: dict[str, np.ndarray] = {}
+    keep = []
+    for init in model.graph.initializer:
+        data = numpy_helper.to_array(init)
+        if data.dtype == np.float32 and data.size > 1 and (allowed is None or init.name in allowed):
+            weights[init.name] = data
+        else:
+            keep.append(init)
+    if not weights:
+        return set()
+    fed = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(data.shape))
+           for name, data in weights.items()]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    model.graph.input.extend(fed)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        if value.name in weights:
+            continue
+        if inputs is not None and value.name in inputs:
+            feed[value.name] = np.asarray(inputs[value.name])
+            continue
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feed[value.name] = rng.standard_normal(dims).astype(dtype)
+    names_in_order = sorted(weights)
+    half = {name: weights[name].astype(np.float16).astype(np.float32) for name in names_in_order}
+
+    def run(rounded: set[int]) -> list[np.ndarray]:
+        trial = dict(feed)
+        for i, name in enumerate(names_in_order):
+            trial[name] = half[name] if i in rounded else weights[name]
+        return session.run(None, trial)
+
+    reference = run(set())
+    islands = fewest_sensitive(range(len(names_in_order)), lambda s: output_error(reference, run(s)), budget)
+    report_islands([weights[names_in_order[i]].nbytes for i in islands],
+                   [w.nbytes for w in weights.values()], budget)
+    return {names_in_order[i] for i in islands}
+
+
+def report_islands(kept_bytes: Sequence[int], all_bytes: Sequence[int], budget: float) -> None:
+    """One warning line when float16 storage keeps weights in float32: the user asked for float16 and gets a
+    file that is partly float32, and should know how much."""
+    if kept_bytes:
+        logger.warning("fp16: %d of %d weight tensors (%.0f%% of the weight bytes) stay float32: float16 would "
+                       "move the output by more than %.0e (relative) on random inputs",
+                       len(kept_bytes), len(all_bytes), 100.0 * sum(kept_bytes) / max(sum(all_bytes), 1), budget)
