@@ -182,9 +182,40 @@ def _trimmed(values: list[Value | None]) -> list[Value | None]:
     return values
 
 
-# --------------------------------------------------------------------------- ConvAct
+# --------------------------------------------------------------------------- ConvAct, ConvTransposeAct
 
-_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+_CONV_ATTR_SPECS = {
+    "auto_pad": AttrSpec("auto_pad", AttrKind.STRING, default="NOTSET"),
+    "dilations": AttrSpec("dilations", AttrKind.INTS),
+    "group": AttrSpec("group", AttrKind.INT, default=1),
+    "kernel_shape": AttrSpec("kernel_shape", AttrKind.INTS),
+    "pads": AttrSpec("pads", AttrKind.INTS),
+    "strides": AttrSpec("strides", AttrKind.INTS),
+}
+_CONV_TRANSPOSE_ATTR_SPECS = {
+    **_CONV_ATTR_SPECS,
+    "output_padding": AttrSpec("output_padding", AttrKind.INTS),
+    "output_shape": AttrSpec("output_shape", AttrKind.INTS),
+}
+
+
+def _register_conv_with_activation(name: str, onnx_op: str, specs: dict[str, AttrSpec], infer: Any,
+                                   what: str) -> None:
+    """``kiln.<name>(X, W, [B], [slope])`` = act(<onnx_op>(X, W, B)) with the ONNX op's own attributes."""
+
+    def decompose(b: OpBuilder, node: Node) -> list[Value]:
+        attrs: dict[str, Any] = {k: node.attrs[k] for k in specs if k in node.attrs}
+        y = getattr(b, onnx_op)(*_trimmed(list(node.inputs[:3])), **attrs)
+        return [emit_activation(b, y, node, node.input(3))]
+
+    kiln_op(
+        name,
+        inputs=(2, 4),
+        attrs={**specs, **_ACT_ATTRS},
+        decompose=decompose,
+        infer=infer,
+        doc=f"act({onnx_op}(X, W, B)): {what} with a fused activation (inputs X, W, [B], [PRelu slope])",
+    )
 
 
 def _infer_conv_act(ctx: InferContext) -> list[Type | None]:
@@ -193,66 +224,15 @@ def _infer_conv_act(ctx: InferContext) -> list[Type | None]:
     return infer_conv(ctx)
 
 
-def _decompose_conv_act(b: OpBuilder, node: Node) -> list[Value]:
-    conv_attrs: dict[str, Any] = {k: node.attrs[k] for k in _CONV_ATTRS if k in node.attrs}
-    y = b.Conv(*_trimmed(list(node.inputs[:3])), **conv_attrs)
-    return [emit_activation(b, y, node, node.input(3))]
-
-
-kiln_op(
-    "ConvAct",
-    inputs=(2, 4),
-    attrs={
-        "auto_pad": AttrSpec("auto_pad", AttrKind.STRING, default="NOTSET"),
-        "dilations": AttrSpec("dilations", AttrKind.INTS),
-        "group": AttrSpec("group", AttrKind.INT, default=1),
-        "kernel_shape": AttrSpec("kernel_shape", AttrKind.INTS),
-        "pads": AttrSpec("pads", AttrKind.INTS),
-        "strides": AttrSpec("strides", AttrKind.INTS),
-        **_ACT_ATTRS,
-    },
-    decompose=_decompose_conv_act,
-    infer=_infer_conv_act,
-    doc="act(Conv(X, W, B)): a convolution with a fused activation (inputs X, W, [B], [PRelu slope])",
-)
-
-
-# --------------------------------------------------------------------------- ConvTransposeAct
-
-_CONV_TRANSPOSE_ATTRS = (*_CONV_ATTRS, "output_padding", "output_shape")
-
-
 def _infer_conv_transpose_act(ctx: InferContext) -> list[Type | None]:
     from kiln.ops.inference.nn import infer_conv_transpose
 
     return infer_conv_transpose(ctx)
 
 
-def _decompose_conv_transpose_act(b: OpBuilder, node: Node) -> list[Value]:
-    attrs: dict[str, Any] = {k: node.attrs[k] for k in _CONV_TRANSPOSE_ATTRS if k in node.attrs}
-    y = b.ConvTranspose(*_trimmed(list(node.inputs[:3])), **attrs)
-    return [emit_activation(b, y, node, node.input(3))]
-
-
-kiln_op(
-    "ConvTransposeAct",
-    inputs=(2, 4),
-    attrs={
-        "auto_pad": AttrSpec("auto_pad", AttrKind.STRING, default="NOTSET"),
-        "dilations": AttrSpec("dilations", AttrKind.INTS),
-        "group": AttrSpec("group", AttrKind.INT, default=1),
-        "kernel_shape": AttrSpec("kernel_shape", AttrKind.INTS),
-        "output_padding": AttrSpec("output_padding", AttrKind.INTS),
-        "output_shape": AttrSpec("output_shape", AttrKind.INTS),
-        "pads": AttrSpec("pads", AttrKind.INTS),
-        "strides": AttrSpec("strides", AttrKind.INTS),
-        **_ACT_ATTRS,
-    },
-    decompose=_decompose_conv_transpose_act,
-    infer=_infer_conv_transpose_act,
-    doc="act(ConvTranspose(X, W, B)): a transposed convolution with a fused activation "
-        "(inputs X, W, [B], [PRelu slope])",
-)
+_register_conv_with_activation("ConvAct", "Conv", _CONV_ATTR_SPECS, _infer_conv_act, "a convolution")
+_register_conv_with_activation("ConvTransposeAct", "ConvTranspose", _CONV_TRANSPOSE_ATTR_SPECS,
+                               _infer_conv_transpose_act, "a transposed convolution")
 
 
 # --------------------------------------------------------------------------- GemmAct
@@ -616,4 +596,4 @@ __all__ = [
     "swish",
 ]
 
-from kiln.ops import layout_dialect as _layout_dialect  # noqa: E402,F401  (the kiln.Nhwc<Op> forms)
+from kiln.ops import layout_dialect as _layout_dialect  # noqa: F401  (registers the kiln.Nhwc<Op> forms)
