@@ -314,7 +314,10 @@ def lower_gemm(lw: Lowering, node: Node) -> None:
         post = (rows, n)
     in_scale = _int8_input(lw, a)
     qw = _int8_weight(lw, b, 0 if trans_b else 1)
-    int8 = in_scale is not None and qw is not None and alpha == 1.0
+    # Rows of a 2-D blob (tokens, or a channels-last image) stay float in ncnn's Gemm even when quantized:
+    # ncnn's int8 InnerProduct runs them one row at a time, 3.6x (convnext_tiny) to 4.1x (vit_small) slower
+    # than the float Gemm at 1 thread; a single row (a classifier head) goes int8.
+    int8 = in_scale is not None and qw is not None and alpha == 1.0 and len(lw.nshape[bottom]) != 2
     if len(lw.nshape[bottom]) == 2 and not int8:
         # Rows of a 2-D blob: ncnn's Gemm with a constant B (transposed, [N, K]) and a
         # per-column C runs these several times faster than InnerProduct does.

@@ -145,10 +145,11 @@ def test_light_random_weights(tmp_path, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,floor", [("timm_resnet50_ts", 30.0), ("timm_vit_small_patch16_224_ts", 20.0)])
-def test_int8_timm(tmp_path, name, floor):
-    # Random weights and inputs: a check that int8 Convolution / InnerProduct (2-D inputs
-    # included) carry the calibrated scales, not a figure of merit.
+@pytest.mark.parametrize("name,floor,int8_layers", [("timm_resnet50_ts", 30.0, 40), ("timm_vit_small_patch16_224_ts", 20.0, 1)])
+def test_int8_timm(tmp_path, name, floor, int8_layers):
+    # Random weights and inputs: a check that int8 Convolution / InnerProduct carry the calibrated scales,
+    # not a figure of merit.  vit's token Gemms stay float (ncnn's int8 InnerProduct over rows is ~4x
+    # slower); its patch embedding and head go int8.
     from kiln.calib import CalibrationConfig
 
     model = _model(name)
@@ -157,7 +158,7 @@ def test_int8_timm(tmp_path, name, floor):
     result = kiln_compile(model, "ncnn", tmp_path, int8=True,
                           calibration=CalibrationConfig(data={iname: calib}, progress=False))
     text = result.artifacts[0].read_text()
-    assert text.count(" 8=2") >= 40
+    assert text.count(" 8=2") >= int8_layers
     feed = zoo.example_inputs(name, seed=20)
     ref = zoo.run_onnxruntime(model, feed)[0]
     got = next(iter(ncnn_runtime.run(result.artifacts[0], feed).values()))
