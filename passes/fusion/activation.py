@@ -33,7 +33,7 @@ from kiln.ir.core import Node, Value
 from kiln.ops.kiln_dialect import FLOAT_MAX
 from kiln.passes.fusion._affine import FLOAT_DTYPES, const_array, fits_into
 from kiln.passmanager.registry import register_pass
-from kiln.rewrite import P, RuleSet, attrs_of, rule
+from kiln.rewrite import P, Rule, RuleSet, attrs_of, rule
 
 SIMPLE_ACTIVATIONS = frozenset(
     {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Swish", "Mish", "Tanh", "Elu", "Gelu",
@@ -107,64 +107,38 @@ def _check_act(act: Node, y: Value) -> bool | str:
     return spec if isinstance(spec, str) else True
 
 
-# --------------------------------------------------------------------------- Conv
+def _producer_rule(name: str, producer: str, fused: str, acts: str) -> Rule:
+    """``act(<producer>(args...))`` -> ``kiln.<fused>(args...)``, the producer's output read by the activation
+    alone; ``acts`` is ``"onnx"`` (the ONNX activations fuse-act knows) or ``"kiln"`` (the kiln.Gelu /
+    Swish / HardSwish that raising makes)."""
+
+    def pattern(op):  # type: ignore[no-untyped-def]
+        made = getattr(op, producer)(P.variadic("args"), _outputs=["y"], _one_use=True)
+        if acts == "kiln":
+            return _kiln_act(op, made)
+        return op.op(SIMPLE_ACTIVATIONS, made, _allow_other_inputs=True, _node="act")
+
+    pattern.__doc__ = f"{'kiln.' if acts == 'kiln' else ''}act({producer}(args...)) -> kiln.{fused}(args...)."
+    return Rule(
+        name,
+        pattern,
+        replacement=lambda op, act, y, args: _fused(op, fused, y.producer, list(args), act),
+        check=lambda ctx, act, y: _check_act(act, y),
+    )
 
 
-@rule("fuse-conv-act")
-def conv_act(op):
-    """act(Conv(x, W, [B])) -> kiln.ConvAct(x, W, [B])."""
-    conv = op.Conv(P.variadic("args"), _outputs=["y"], _one_use=True)
-    return op.op(SIMPLE_ACTIVATIONS, conv, _allow_other_inputs=True, _node="act")
+def _kiln_act(op, producer):  # type: ignore[no-untyped-def]
+    return op.op(KILN_ACTIVATIONS, producer, _domain="kiln", _node="act")
 
 
-@conv_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:
-    return _check_act(act, y)
+conv_act = _producer_rule("fuse-conv-act", "Conv", "ConvAct", "onnx")
+conv_transpose_act = _producer_rule("fuse-convtranspose-act", "ConvTranspose", "ConvTransposeAct", "onnx")
+gemm_act = _producer_rule("fuse-gemm-act", "Gemm", "GemmAct", "onnx")
+conv_kiln_act = _producer_rule("fuse-conv-kiln-act", "Conv", "ConvAct", "kiln")
+gemm_kiln_act = _producer_rule("fuse-gemm-kiln-act", "Gemm", "GemmAct", "kiln")
 
 
-@conv_act.replace
-def _(op, act: Node, y: Value, args: tuple) -> Value:
-    return _fused(op, "ConvAct", y.producer, list(args), act)  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- ConvTranspose
-
-
-@rule("fuse-convtranspose-act")
-def conv_transpose_act(op):
-    """act(ConvTranspose(x, W, [B])) -> kiln.ConvTransposeAct(x, W, [B])."""
-    deconv = op.ConvTranspose(P.variadic("args"), _outputs=["y"], _one_use=True)
-    return op.op(SIMPLE_ACTIVATIONS, deconv, _allow_other_inputs=True, _node="act")
-
-
-@conv_transpose_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:
-    return _check_act(act, y)
-
-
-@conv_transpose_act.replace
-def _(op, act: Node, y: Value, args: tuple) -> Value:
-    return _fused(op, "ConvTransposeAct", y.producer, list(args), act)  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- Gemm / MatMul
-
-
-@rule("fuse-gemm-act")
-def gemm_act(op):
-    """act(Gemm(A, B, [C])) -> kiln.GemmAct(A, B, [C])."""
-    gemm = op.Gemm(P.variadic("args"), _outputs=["y"], _one_use=True)
-    return op.op(SIMPLE_ACTIVATIONS, gemm, _allow_other_inputs=True, _node="act")
-
-
-@gemm_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:
-    return _check_act(act, y)
-
-
-@gemm_act.replace
-def _(op, act: Node, y: Value, args: tuple) -> Value:
-    return _fused(op, "GemmAct", y.producer, list(args), act)  # type: ignore[arg-type]
+# --------------------------------------------------------------------------- MatMul (+ bias)
 
 
 @rule("fuse-matmul-bias-act")
@@ -215,43 +189,7 @@ def _(op, act: Node, a: Value, b: Value) -> Value:
     return _matmul_act(op, act, [a, b])
 
 
-# --------------------------------------------------------------------------- kiln.Gelu / Swish / HardSwish
-
-
-def _kiln_act(op, producer):
-    return op.op(KILN_ACTIVATIONS, producer, _domain="kiln", _node="act")
-
-
-@rule("fuse-conv-kiln-act")
-def conv_kiln_act(op):
-    """kiln.Gelu|Swish|HardSwish(Conv(x, W, [B])) -> kiln.ConvAct(x, W, [B])."""
-    return _kiln_act(op, op.Conv(P.variadic("args"), _outputs=["y"], _one_use=True))
-
-
-@conv_kiln_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:
-    return _check_act(act, y)
-
-
-@conv_kiln_act.replace
-def _(op, act: Node, y: Value, args: tuple) -> Value:
-    return _fused(op, "ConvAct", y.producer, list(args), act)  # type: ignore[arg-type]
-
-
-@rule("fuse-gemm-kiln-act")
-def gemm_kiln_act(op):
-    """kiln.Gelu|Swish|HardSwish(Gemm(A, B, [C])) -> kiln.GemmAct(A, B, [C])."""
-    return _kiln_act(op, op.Gemm(P.variadic("args"), _outputs=["y"], _one_use=True))
-
-
-@gemm_kiln_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:
-    return _check_act(act, y)
-
-
-@gemm_kiln_act.replace
-def _(op, act: Node, y: Value, args: tuple) -> Value:
-    return _fused(op, "GemmAct", y.producer, list(args), act)  # type: ignore[arg-type]
+# --------------------------------------------------------------------------- MatMul under kiln.Gelu / Swish / HardSwish
 
 
 @rule("fuse-matmul-bias-kiln-act")
