@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from kiln.codegen.ncnn.param import Layer
+from kiln.codegen.ncnn.param import Layer, fresh_name
 
 _NOT_C = re.compile(r"[^A-Za-z0-9_]")
 
@@ -26,21 +26,13 @@ def id_header(stem: str, layers: list[Layer]) -> str:
              f"namespace {ident}_param_id {{"]
     seen: set[str] = set()
 
-    def unique(base: str) -> str:
-        name, n = base, 0
-        while name in seen:
-            n += 1
-            name = f"{base}_{n}"
-        seen.add(name)
-        return name
-
     blob_index: dict[str, int] = {}
     for i, layer in enumerate(layers):
-        lines.append(f"const int {unique('LAYER_' + c_name(layer.name))} = {i};")
+        lines.append(f"const int {fresh_name('LAYER_' + c_name(layer.name), seen)} = {i};")
         for top in layer.outputs:
             if top not in blob_index:
                 blob_index[top] = len(blob_index)
-                lines.append(f"const int {unique('BLOB_' + c_name(top))} = {blob_index[top]};")
+                lines.append(f"const int {fresh_name('BLOB_' + c_name(top), seen)} = {blob_index[top]};")
     lines += [f"}} // namespace {ident}_param_id", f"#endif // NCNN_INCLUDE_GUARD_{ident}_id_h", ""]
     return "\n".join(lines)
 

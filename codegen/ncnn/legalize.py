@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kiln.codegen.ncnn.lower import Lowered
-from kiln.codegen.ncnn.param import Layer
+from kiln.codegen.ncnn.param import Layer, fresh_name
 
 # Run after the preset and the precision passes.  ``target-fusions`` raises the ops ncnn
 # has single layers for (activations into Conv/Gemm, LayerNorm, GELU, Swish, HardSwish,
@@ -42,18 +42,10 @@ def insert_splits(lowered: Lowered) -> None:
     taken = {name for layer in lowered.layers for name in layer.outputs}
     layer_names = {layer.name for layer in lowered.layers}
 
-    def fresh(base: str, pool: set[str]) -> str:
-        name, n = base, 0
-        while name in pool:
-            n += 1
-            name = f"{base}_{n}"
-        pool.add(name)
-        return name
-
     def add_split(blob: str) -> None:
-        tops = [fresh(f"{blob}_splitncnn_{i}", taken) for i in range(readers[blob])]
+        tops = [fresh_name(f"{blob}_splitncnn_{i}", taken) for i in range(readers[blob])]
         copies[blob] = list(reversed(tops))  # popped from the end: readers in order
-        result.append(Layer("Split", fresh(f"splitncnn_{blob}", layer_names), [blob], tops))
+        result.append(Layer("Split", fresh_name(f"splitncnn_{blob}", layer_names), [blob], tops))
 
     for layer in lowered.layers:
         if layer.inputs:

@@ -26,7 +26,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from kiln.codegen.ncnn.param import Layer, ParamValue
+from kiln.codegen.ncnn.param import Layer, ParamValue, fresh_name
 from kiln.codegen.ncnn.weights import Blob
 from kiln.errors import UnsupportedOpError, UsageError
 from kiln.ir.core import Graph, Node, Value
@@ -94,13 +94,7 @@ class Lowering:
     # ------------------------------------------------------------------ names and values
 
     def _unique(self, base: str, taken: set[str]) -> str:
-        text = _NAME_OK.sub("_", base)[:120] or "x"
-        name, n = text, 1
-        while name in taken:
-            name = f"{text}_{n}"
-            n += 1
-        taken.add(name)
-        return name
+        return fresh_name(_NAME_OK.sub("_", base)[:120] or "x", taken)
 
     def layer_name(self, node: Node | None, suffix: str = "") -> str:
         base = (node.name or (node.outputs[0].name if node.outputs else node.op)) if node is not None else "layer"

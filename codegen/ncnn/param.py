@@ -31,6 +31,16 @@ class Layer:
     weights: list[Blob] = field(default_factory=list)
 
 
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2`` ... the first not in ``taken``; adds it to ``taken``."""
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
 def _float_text(v: float) -> str:
     # repr-style shortest round-trip text, always with a '.' or 'e' so ncnn parses a float.
     text = repr(float(v))
