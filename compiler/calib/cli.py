@@ -17,7 +17,10 @@ from kiln.calib.calibrators import CALIBRATORS, DEFAULT_PERCENTILE
 from kiln.calib.images import RESIZE_MODES, ImageOptions
 from kiln.errors import UsageError
 
-_OPTION_KEYS = ("calibrator", "percentile", "skip_layers", "skip_ops", "keep_float", "sensitivity_samples")
+_DEFAULTS: dict[str, Any] = {"calibrator": "entropy", "percentile": DEFAULT_PERCENTILE, "skip_layers": (),
+                             "skip_ops": (), "keep_float": 0, "min_sqnr": 0.0, "sensitivity_samples": 8,
+                             "report": True}
+"""The quantize options the command sets, with the pass's defaults (a default is left out of the pipeline)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib", metavar="DATA",
                    help="calibration data: .npy ([N, ...] samples), .npz (by input name), a folder of them or of "
                         "images, a .calib.json table to reuse, or random[:N] (smoke runs only)")
+    g.add_argument("--calib-table", metavar="FILE",
+                   help="reuse the <stem>.calib.json of an earlier --int8 compile instead of calibrating (the "
+                        "same ranges and the same layers kept in float)")
     g.add_argument("--calibrator", default="entropy", choices=CALIBRATORS,
                    help="how activation ranges are chosen (default entropy: TensorRT's KL search)")
     g.add_argument("--calib-percentile", type=float, default=DEFAULT_PERCENTILE, metavar="P",
@@ -40,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
     g.add_argument("--keep-float", type=int, default=0, metavar="N",
                    help="keep the N layers whose quantization costs the most output SQNR in float")
+    g.add_argument("--min-sqnr", type=float, default=0.0, metavar="DB",
+                   help="keep the fewest most costly layers in float that bring the int8 output SQNR, measured on "
+                        "calibration samples, to DB (mixed precision; e.g. 25)")
     g.add_argument("--skip-layers", default="", metavar="A,B", help="layer (node) names to keep in float")
     g.add_argument("--skip-ops", default="", metavar="OP,OP", help="op types to keep in float, e.g. Softmax,Add")
     img = p.add_argument_group("calibration images")
@@ -83,18 +92,29 @@ def compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``compile()`` keyword arguments the precision flags ask for (checked)."""
     from kiln.calib import CalibrationConfig
 
+    if args.calib_table is not None:
+        if args.calib is not None:
+            raise UsageError("give --calib DATA (calibrate) or --calib-table FILE (reuse a table), not both")
+        args.calib = args.calib_table
     if args.calib is not None and not args.int8:
-        raise UsageError("--calib is only used with --int8")
+        raise UsageError(f"{'--calib-table' if args.calib_table else '--calib'} is only used with --int8")
     if not args.int8:
         return {"fp16": args.fp16}
     if args.calib is None:
-        raise UsageError("--int8 needs calibration data: --calib DATA (or --calib random for a smoke run)")
+        raise UsageError("--int8 needs calibration data: --calib DATA (or --calib random for a smoke run), or "
+                         "--calib-table FILE")
+    if args.calib_table is not None and not args.calib_table.lower().endswith(".json"):
+        raise UsageError(f"--calib-table {args.calib_table}: expected a .calib.json written by kiln compile --int8")
     for flag, value in (("--calib-count", args.calib_count), ("--calib-batch", args.calib_batch),
                         ("--calib-workers", args.calib_workers)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} {value}: must be at least 1")
     if args.keep_float < 0:
         raise UsageError(f"--keep-float {args.keep_float}: must be >= 0")
+    if args.keep_float and args.min_sqnr:
+        raise UsageError("give --keep-float N (how many layers) or --min-sqnr DB (what output SQNR), not both")
+    if not 0 <= args.min_sqnr < 200:
+        raise UsageError(f"--min-sqnr {args.min_sqnr}: expected decibels between 0 and 200")
     if not 0 < args.calib_percentile <= 100:
         raise UsageError(f"--calib-percentile {args.calib_percentile}: must be in (0, 100]")
     calibration: Any
@@ -122,6 +142,7 @@ def compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "skip_layers": _names(args.skip_layers),
         "skip_ops": _names(args.skip_ops),
         "keep_float": args.keep_float,
+        "min_sqnr": args.min_sqnr,
     }
     return {"int8": True, "fp16": args.fp16, "calibration": calibration, "quantize_options": options}
 
@@ -130,13 +151,11 @@ def quantize_step(options: Mapping[str, Any] | None) -> str:
     """``quantize{...}`` with the options that differ from the pass's defaults."""
     from kiln.passmanager.options import quote
 
-    defaults = {"calibrator": "entropy", "percentile": DEFAULT_PERCENTILE, "skip_layers": (), "skip_ops": (),
-                "keep_float": 0, "sensitivity_samples": 8}
     parts: list[str] = []
     for key, value in (options or {}).items():
-        if key not in _OPTION_KEYS:
+        if key not in _DEFAULTS:
             raise UsageError(f"unknown quantize option {key!r}")
-        if value == defaults[key] or (isinstance(value, (list, tuple)) and tuple(value) == defaults[key]):
+        if value == _DEFAULTS[key] or (isinstance(value, (list, tuple)) and tuple(value) == _DEFAULTS[key]):
             continue
         text = ",".join(quote(str(v)) for v in value) if isinstance(value, (list, tuple)) else quote(str(value))
         parts.append(f"{key.replace('_', '-')}={text}")

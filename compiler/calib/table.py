@@ -2,10 +2,14 @@
 
 :class:`CalibrationResult` holds what quantization decided: the range of every
 quantized activation, the per-channel scales of every quantized weight, the
-layers, and (with ``keep_float``) each layer's sensitivity.  It is written as:
+layers, (with ``keep_float`` or ``min_sqnr``) each layer's sensitivity and the
+layers kept in float, and the measurements of the int8 report: each quantized
+tensor's and layer's SQNR and the output SQNR on calibration samples
+(:meth:`CalibrationResult.report`).  It is written as:
 
 * ``<stem>.calib.json``: kiln's calibration table (read back by
-  :func:`read_json`, so ``--calib table.json`` reuses it without data);
+  :func:`read_json`, so ``--calib-table table.json`` reuses it without data,
+  layers kept in float included);
 * ``<stem>.trt.cache``: TensorRT's calibration cache, the text format of
   ``IInt8Calibrator::writeCalibrationCache`` (a header line
   ``TRT-<version>-EntropyCalibration2`` (``MinMaxCalibration`` for minmax),
@@ -68,6 +72,13 @@ class CalibrationResult:
     sensitivity: dict[str, float] = field(default_factory=dict)
     kept_float: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    tensor_sqnr: dict[str, float] = field(default_factory=dict)
+    """Quantized activation -> SQNR (dB) of ``DQ(Q(x))`` against ``x`` on the probe samples."""
+    layer_sqnr: dict[str, float] = field(default_factory=dict)
+    """Quantized layer -> SQNR (dB) of its output with quantized inputs and weights, on float activations."""
+    output_sqnr: float | None = None
+    """The model's output SQNR (dB) with every quantized layer quantized, on the probe samples."""
+    probe_samples: int = 0
     seconds: float = 0.0
     source: str | None = field(default=None, compare=False, repr=False)
     """The file the table was read from (for error messages; never written)."""
@@ -84,17 +95,50 @@ class CalibrationResult:
             "calibrator": self.calibrator,
             "samples": self.samples,
             "activations": {
-                name: {"threshold": r.threshold, "scale": r.scale, "min": r.min, "max": r.max, "count": r.count}
+                name: {"threshold": r.threshold, "scale": r.scale, "min": r.min, "max": r.max, "count": r.count,
+                       **({"sqnr_db": num(self.tensor_sqnr[name])} if name in self.tensor_sqnr else {})}
                 for name, r in sorted(self.ranges.items())
             },
             "weights": {name: {"axis": w.axis, "scales": list(w.scales)} for name, w in sorted(self.weights.items())},
-            "layers": {name: {"op": li.op, "inputs": list(li.inputs), "weight": li.weight}
+            "layers": {name: {"op": li.op, "inputs": list(li.inputs), "weight": li.weight,
+                              **({"sqnr_db": num(self.layer_sqnr[name])} if name in self.layer_sqnr else {})}
                        for name, li in self.layers.items()},
+            "output_sqnr_db": None if self.output_sqnr is None else num(self.output_sqnr),
+            "probe_samples": self.probe_samples,
             "sensitivity": {k: num(v) for k, v in self.sensitivity.items()},
             "kept_float": list(self.kept_float),
             "skipped": list(self.skipped),
         }
         return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+    def worst_layers(self, count: int = 10) -> list[tuple[str, float]]:
+        """The ``count`` quantized layers with the lowest SQNR (layer name, dB), worst first."""
+        return sorted(self.layer_sqnr.items(), key=lambda kv: (kv[1], kv[0]))[:count]
+
+    def report(self, count: int = 10) -> str:
+        """The int8 report: the output SQNR, what stayed float, and the ``count`` worst layers with the
+        threshold, scale and SQNR of their quantized inputs.  Empty when nothing was measured (a reused table)."""
+        if self.output_sqnr is None:
+            return ""
+        lines = [f"int8 report ({self.calibrator} calibration, measured on {self.probe_samples} calibration "
+                 f"samples): output SQNR {self.output_sqnr:.1f} dB; {len(self.layers)} layers quantized"
+                 + (f", {len(self.kept_float)} kept in float" if self.kept_float else "")
+                 + (f", {len(self.skipped)} skipped" if self.skipped else "")]
+        worst = self.worst_layers(count)
+        if worst:
+            lines.append(f"the {len(worst)} worst layers (their own output SQNR, on float inputs):")
+            lines.append(f"  {'layer':<32} {'op':<14} {'layer dB':>8}  {'input':<32} {'threshold':>10} "
+                         f"{'scale':>10} {'input dB':>8}")
+            for name, db in worst:
+                info = self.layers.get(name)
+                inputs = list(info.inputs) if info is not None and info.inputs else [""]
+                for k, tensor in enumerate(inputs):
+                    r = self.ranges.get(tensor)
+                    head = f"  {name:<32} {info.op if info else '':<14} {db:>8.1f}" if k == 0 else " " * 59
+                    tail = (f"  {tensor:<32} {r.threshold:>10.4g} {r.scale:>10.4g} "
+                            f"{self.tensor_sqnr.get(tensor, float('nan')):>8.1f}") if r is not None else ""
+                    lines.append(head + tail)
+        return "\n".join(lines) + "\n"
 
     def to_tensorrt_cache(self, trt_version: int = TRT_VERSION) -> str:
         kind = "MinMaxCalibration" if self.calibrator == "minmax" else "EntropyCalibration2"
@@ -156,6 +200,7 @@ def read_json(path: str | os.PathLike[str]) -> CalibrationResult:
             axis = w.get("axis")
             result.weights[str(name)] = WeightScales(None if axis is None else int(axis),
                                                      tuple(float(s) for s in w["scales"]))
+        result.kept_float = [str(n) for n in doc.get("kept_float", [])]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{where}: malformed calibration table ({exc})") from None
     return result

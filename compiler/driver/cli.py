@@ -322,6 +322,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     finally:
         progress.clear()
     if not args.quiet:
+        report = result.calibration.report() if result.calibration is not None else ""
+        if report:
+            sys.stderr.write(report)
         print(result.summary())
     return EXIT_OK
 

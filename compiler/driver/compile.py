@@ -91,6 +91,9 @@ class CompileResult:
         stats: the counters passes bumped on the pass context.
         report: the pass manager's ``PassReport`` (``None`` when no pass ran).
         graph: the optimized graph.
+        calibration: with ``int8``, what quantization decided and measured
+            (:class:`kiln.calib.table.CalibrationResult`; its ``report()`` is
+            the per-layer report ``kiln compile`` prints).
     """
 
     source: str | None
@@ -107,6 +110,7 @@ class CompileResult:
     stats: dict[str, int] = field(default_factory=dict)
     report: Any = field(default=None, repr=False)
     graph: Graph | None = field(default=None, repr=False)
+    calibration: Any = field(default=None, repr=False)
 
     def summary(self) -> str:
         """The one line ``kiln compile`` prints."""
@@ -286,6 +290,7 @@ def compile(
         stats=dict(ctx.stats),
         report=report,
         graph=graph,
+        calibration=calibrated,
     )
 
 

@@ -43,6 +43,7 @@ from kiln.ir.core import UNKNOWN_LOCATION, Graph, Value
 from kiln.ops.builder import OpBuilder
 from kiln.passes.quantize.opset import upgrade_opset
 from kiln.passes.quantize.placement import Plan, WeightSite, plan_quantization, propagate, quantized_uses
+from kiln.passes.quantize.sensitivity import QuantProbe
 from kiln.passmanager.base import Pass, PassContext
 from kiln.passmanager.registry import register_pass
 from kiln.quant.weights import QMAX, quantize_weight
@@ -64,7 +65,12 @@ class Quantize(Pass):
     skip_layers: tuple[str, ...] = field(default=(), metadata={"doc": "layer (node) names to keep in float"})
     skip_ops: tuple[str, ...] = field(default=(), metadata={"doc": "op types to keep in float (Conv, Add ...)"})
     keep_float: int = field(default=0, metadata={"doc": "keep the N most sensitive layers in float"})
-    sensitivity_samples: int = field(default=8, metadata={"doc": "samples for the sensitivity measurement"})
+    min_sqnr: float = field(default=0.0, metadata={
+        "doc": "keep the fewest most sensitive layers in float that bring the output SQNR (dB, on calibration "
+               "samples) to this; 0: off"})
+    sensitivity_samples: int = field(default=8, metadata={"doc": "calibration samples the measurements use"})
+    report: bool = field(default=True, metadata={
+        "doc": "measure each tensor's and layer's SQNR and the output SQNR on calibration samples"})
     move: bool = field(default=True, metadata={"doc": "move Q/DQ through Reshape/Transpose/MaxPool/Relu where exact"})
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
@@ -72,30 +78,57 @@ class Quantize(Pass):
             raise UsageError(f"quantize: unknown calibrator {self.calibrator!r} (choose from {', '.join(CALIBRATORS)})")
         if self.keep_float < 0:
             raise UsageError(f"quantize: keep-float {self.keep_float} must be >= 0")
+        if self.keep_float and self.min_sqnr:
+            raise UsageError("quantize: give keep-float (how many layers) or min-sqnr (what output SQNR), not both")
         start = time.perf_counter()
         if upgrade_opset(graph, QDQ_OPSET):
             ctx.bump("quantize.opset-upgraded")
             logger.info("upgraded the model to opset %d for per-channel quantization", QDQ_OPSET)
         plan = plan_quantization(graph, skip_layers=self.skip_layers, skip_ops=self.skip_ops,
                                  per_channel=self.per_channel)
+        reused_float = _reused_float_layers(ctx.calibration, plan)
         if not plan.layers:
             logger.warning("quantize: no layer to quantize")
             ctx.extra["calibration"] = CalibrationResult(self.calibrator, 0, skipped=list(plan.skipped))
             return False
         ranges, samples = self._ranges(graph, plan, ctx)
-        result = CalibrationResult(self.calibrator, samples, skipped=list(plan.skipped))
-        if self.keep_float:
-            from kiln.passes.quantize.sensitivity import layer_sensitivity
-
-            result.sensitivity = layer_sensitivity(graph, plan, ranges, ctx.calibration, self.sensitivity_samples)
-            ranked = sorted(result.sensitivity, key=lambda k: result.sensitivity[k])
-            result.kept_float = ranked[: self.keep_float]
+        result = CalibrationResult(self.calibrator, samples, skipped=list(plan.skipped), kept_float=reused_float)
+        probe = self._probe(graph, ranges, ctx)
+        if probe is not None and (self.keep_float or self.min_sqnr):
+            result.sensitivity = probe.sensitivity(plan.layers)
+            if self.keep_float:
+                ranked = sorted(result.sensitivity, key=lambda k: result.sensitivity[k])
+                result.kept_float = ranked[: self.keep_float]
+            else:
+                result.kept_float = probe.fewest_float(plan.layers, result.sensitivity, self.min_sqnr)
             keep = set(result.kept_float)
             plan.layers = [layer for layer in plan.layers if layer.name not in keep]
+        if probe is not None and plan.layers:
+            result.tensor_sqnr, result.layer_sqnr = probe.local_errors(plan)
+            result.output_sqnr = probe.output_sqnr(plan.layers)
+            result.probe_samples = len(probe.feeds)
+            _warn_if_poor(result, self.min_sqnr)
         changed = self.apply(graph, plan, ranges, result, ctx)
         result.seconds = time.perf_counter() - start
         ctx.extra["calibration"] = result
         return changed
+
+    def _probe(self, graph: Graph, ranges: dict[str, TensorRange], ctx: PassContext) -> QuantProbe | None:
+        """The measuring harness on calibration samples, when there is data to measure on and something asks
+        for it (keep-float, min-sqnr, the report)."""
+        from kiln.calib import CalibrationConfig
+
+        wanted = self.keep_float or self.min_sqnr or self.report
+        if not wanted or self.sensitivity_samples < 1:
+            return None
+        if not isinstance(ctx.calibration, CalibrationConfig):
+            if self.keep_float or self.min_sqnr:
+                option = "keep-float" if self.keep_float else "min-sqnr"
+                raise UsageError(f"{option} measures each layer on calibration data; a calibration table is not "
+                                 "enough")
+            return None
+        purpose = "keep-float" if self.keep_float else "min-sqnr" if self.min_sqnr else "the int8 report"
+        return QuantProbe(graph, ranges, ctx.calibration, self.sensitivity_samples, purpose)
 
     # ---- calibration
 
@@ -164,6 +197,30 @@ class Quantize(Pass):
         ctx.bump("quantize.weights", len(weight_dq))
         ctx.bump("quantize.layers", len(plan.layers))
         return bool(uses or weight_dq)
+
+
+POOR_SQNR_DB = 20.0
+"""Below this output SQNR (on calibration samples) the compile warns: the int8 model is far from the float one."""
+
+
+def _reused_float_layers(calibration: Any, plan: Plan) -> list[str]:
+    """The layers a reused table kept in float (``kept_float``), taken out of ``plan`` so that the table gives
+    back the model it was made with."""
+    if not isinstance(calibration, CalibrationResult) or not calibration.kept_float:
+        return []
+    keep = set(calibration.kept_float)
+    plan.layers = [layer for layer in plan.layers if layer.name not in keep]
+    return list(calibration.kept_float)
+
+
+def _warn_if_poor(result: CalibrationResult, target: float) -> None:
+    sqnr = result.output_sqnr
+    if sqnr is None or sqnr >= max(POOR_SQNR_DB, target - 0.05):
+        return
+    worst = ", ".join(name for name, _ in result.worst_layers(3))
+    logger.warning("int8: output SQNR %.1f dB against float on %d calibration samples (%s calibrator); worst "
+                   "layers: %s.  Try another --calibrator, --min-sqnr DB (mixed precision) or --skip-layers",
+                   sqnr, result.probe_samples, result.calibrator, worst)
 
 
 def _insert_pair(graph: Graph, v: Value, threshold: float) -> Value:

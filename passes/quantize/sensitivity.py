@@ -1,19 +1,31 @@
-"""Per-layer sensitivity for mixed precision (``quantize{keep-float=N}``, ``--keep-float N``).
+"""Measuring what int8 costs, on calibration samples: mixed precision and the per-layer report.
 
-A layer's sensitivity is the SQNR of the model's outputs (all outputs, all
-samples, against the float model) when *only that layer* is quantized: its
-activation inputs through Q/DQ with their calibrated scales, its weights
-fake-quantized per channel.  The lower the SQNR, the more the layer costs;
-the N layers with the lowest SQNR stay in float.
+:class:`QuantProbe` runs the float model exported from the IR, with chosen
+layers quantized (their activation inputs through Q/DQ with the calibrated
+scales, their weights fake-quantized per channel) patched into the ONNX proto,
+on the first ``samples`` samples of the calibration subsample, in onnxruntime.
+The float reference runs once.  It answers three questions:
 
-Each measurement runs the float model with one layer's quantization patched
-into the ONNX proto, on the first ``samples`` samples of the calibration
-subsample, in onnxruntime.  The float reference runs once.
+* :meth:`~QuantProbe.sensitivity`: a layer's *sensitivity* is the SQNR of the
+  model's outputs (all outputs, all samples) when *only that layer* is
+  quantized.  The lower, the more the layer costs; ``keep-float=N`` keeps
+  the N lowest in float.
+* :meth:`~QuantProbe.output_sqnr`: the output SQNR with a set of layers
+  quantized; ``min-sqnr=DB`` keeps the fewest most sensitive layers in float
+  that bring it to ``DB`` (doubling, then bisection on their number: about
+  ``2 log2(layers)`` runs after the sensitivity pass).
+* :meth:`~QuantProbe.local_errors`: the per-layer report.  One run of a model
+  that computes, beside every float layer, a shadow copy reading quantized
+  inputs and weights: each quantized tensor's SQNR (``x`` against
+  ``DQ(Q(x))``) and each layer's (its float output against the shadow's),
+  both on the float model's own activations, so a layer's figure is its own
+  error, not what it inherits.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,82 +36,199 @@ from kiln.calib.progress import ProgressBar
 from kiln.errors import UsageError
 from kiln.ir.core import Graph
 from kiln.passes.quantize.placement import Layer, Plan
+from kiln.quant.islands import fewest_sensitive
 from kiln.quant.metrics import sqnr_db
 from kiln.quant.weights import QMAX, fake_quantize
 
 logger = logging.getLogger(__name__)
 
+_TAG = "__kiln_probe"
+
+
+class QuantProbe:
+    """The float model and ``samples`` calibration samples, ready to measure quantized variants of it."""
+
+    def __init__(self, graph: Graph, ranges: dict[str, TensorRange], calibration: Any, samples: int = 8,
+                 purpose: str = "keep-float") -> None:
+        import onnx
+        from kiln.calib import CalibrationConfig
+        from kiln.exporter import to_onnx
+
+        if not isinstance(calibration, CalibrationConfig):
+            raise UsageError(f"{purpose} measures layers on calibration data; a calibration table is not enough")
+        specs = input_specs(graph)
+        source = calibration.source(specs)
+        indices = select(source, calibration.count, calibration.seed)
+        if indices is not None:
+            indices = indices[: max(1, samples)]
+        batch = batch_size_for(specs, calibration.batch_size)
+        static = any(s.batch is not None for s in specs)
+        self.feeds = [f for f, _ in iter_batches(iter_samples(source, indices, samples), specs, batch,
+                                                  static_batch=static)]
+        if not self.feeds:
+            raise UsageError(f"{purpose}: the calibration data gave no samples")
+        self.progress = calibration.progress
+        self.ranges = ranges
+        self._onnx = onnx
+        self.base = to_onnx(graph)
+        self.outputs = [o.name for o in self.base.graph.output]
+        self.reference = self._run(self.base, self.outputs)
+
+    # ---- measurements
+
+    def output_sqnr(self, layers: Iterable[Layer]) -> float:
+        """Output SQNR (dB, all outputs and samples) with ``layers`` quantized and the rest float."""
+        model = self._copy()
+        _patch(model, list(layers), self.ranges)
+        return sqnr_db(self.reference, self._run(model, self.outputs))
+
+    def sensitivity(self, layers: Sequence[Layer]) -> dict[str, float]:
+        """Layer name -> output SQNR with only that layer quantized."""
+        result: dict[str, float] = {}
+        bar = ProgressBar(len(layers), label="measuring layer sensitivity", enabled=self.progress)
+        try:
+            for layer in layers:
+                result[layer.name] = self.output_sqnr([layer])
+                bar.update(1)
+        finally:
+            bar.close()
+        return result
+
+    def fewest_float(self, layers: Sequence[Layer], sensitivity: dict[str, float], target_db: float) -> list[str]:
+        """The fewest most sensitive layers to keep in float so that the output SQNR reaches ``target_db``."""
+
+        def cost(quantized: set[int]) -> float:  # lower is better, as fewest_sensitive wants
+            if len(quantized) == 1:  # "only this one quantized": measured already
+                return -sensitivity[layers[next(iter(quantized))].name]
+            return -self.output_sqnr(layers[i] for i in sorted(quantized))
+
+        kept = fewest_sensitive(range(len(layers)), cost, budget=-target_db)
+        return [layer.name for i, layer in enumerate(layers) if i in kept]
+
+    def local_errors(self, plan: Plan) -> tuple[dict[str, float], dict[str, float]]:
+        """(tensor name -> SQNR of its Q/DQ, layer name -> SQNR of its output), on float activations."""
+        from onnx import TensorProto, helper
+
+        model = self._copy()
+        graph = model.graph
+        producers = {out: node for node in graph.node for out in node.output}
+        fetch: list[str] = []
+        pairs: dict[str, tuple[str, str]] = {}  # what -> (signal power output, noise power output)
+
+        def power(name: str, tag: str) -> str:
+            out = f"{tag}_power"
+            graph.node.append(helper.make_node("ReduceSumSquare", [name], [out], keepdims=0))
+            graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+            fetch.append(out)
+            return out
+
+        def error_of(reference: str, test: str, tag: str) -> tuple[str, str]:
+            graph.node.append(helper.make_node("Sub", [reference, test], [f"{tag}_err"]))
+            return power(reference, f"{tag}_ref"), power(f"{tag}_err", f"{tag}_err")
+
+        quantized: dict[str, str] = {}
+        for v in plan.activations():
+            tag = f"{_TAG}_t{len(quantized)}"
+            nodes, quantized[v.name] = _qdq(model, v.name, self.ranges[v.name], tag)
+            graph.node.extend(nodes)
+            pairs[f"tensor:{v.name}"] = error_of(v.name, quantized[v.name], tag)
+        for k, layer in enumerate(plan.layers):
+            node = producers.get(layer.node.outputs[0].name)
+            if node is None:
+                continue
+            tag = f"{_TAG}_l{k}"
+            shadow = helper.make_node(node.op_type, list(node.input), [f"{tag}_out{i}" for i in range(len(node.output))],
+                                      domain=node.domain)
+            shadow.attribute.extend(node.attribute)
+            for index, value in layer.acts:
+                shadow.input[index] = quantized[value.name]
+            for site in layer.weights:
+                shadow.input[site.index] = _fake_weight(model, site, tag)
+            graph.node.append(shadow)
+            pairs[f"layer:{layer.name}"] = error_of(node.output[0], shadow.output[0], tag)
+        sums = np.zeros(len(fetch), dtype=np.float64)
+        for got in self._run_each(model, fetch):
+            sums += np.array([float(np.asarray(g)) for g in got])
+        total = dict(zip(fetch, sums))
+        tensors: dict[str, float] = {}
+        layers: dict[str, float] = {}
+        for key, (signal, noise) in pairs.items():
+            kind, name = key.split(":", 1)
+            (tensors if kind == "tensor" else layers)[name] = _db(total[signal], total[noise])
+        return tensors, layers
+
+    # ---- plumbing
+
+    def _copy(self) -> Any:
+        model = self._onnx.ModelProto()
+        model.CopyFrom(self.base)
+        return model
+
+    def _run(self, model: Any, outputs: list[str]) -> list[np.ndarray]:
+        got: list[np.ndarray] = []
+        for result in self._run_each(model, outputs):
+            got.extend(result)
+        return got
+
+    def _run_each(self, model: Any, outputs: list[str]) -> Iterable[list[np.ndarray]]:
+        session = make_session(model.SerializeToString())
+        for feed in self.feeds:
+            yield session.run(outputs, feed)
+
 
 def layer_sensitivity(graph: Graph, plan: Plan, ranges: dict[str, TensorRange], calibration: Any,
                       samples: int = 8) -> dict[str, float]:
     """Layer name -> output SQNR (dB) with only that layer quantized, for every layer of ``plan``."""
-    import onnx
-    from kiln.calib import CalibrationConfig
-    from kiln.exporter import to_onnx
-
-    if not isinstance(calibration, CalibrationConfig):
-        raise UsageError("keep-float measures each layer on calibration data; a calibration table is not enough")
-    specs = input_specs(graph)
-    source = calibration.source(specs)
-    indices = select(source, calibration.count, calibration.seed)
-    if indices is not None:
-        indices = indices[: max(1, samples)]
-    batch = batch_size_for(specs, calibration.batch_size)
-    static = any(s.batch is not None for s in specs)
-    feeds = [f for f, _ in iter_batches(iter_samples(source, indices, samples), specs, batch, static_batch=static)]
-    if not feeds:
-        raise UsageError("keep-float: the calibration data gave no samples")
-    base = to_onnx(graph)
-    outputs = [o.name for o in base.graph.output]
-    reference = _run(base.SerializeToString(), outputs, feeds)
-    producers = {out: i for i, node in enumerate(base.graph.node) for out in node.output}
-    result: dict[str, float] = {}
-    bar = ProgressBar(len(plan.layers), label="measuring layer sensitivity", enabled=calibration.progress)
-    try:
-        for layer in plan.layers:
-            model = onnx.ModelProto()
-            model.CopyFrom(base)
-            _patch(model, layer, producers, ranges)
-            got = _run(model.SerializeToString(), outputs, feeds)
-            result[layer.name] = sqnr_db(reference, got)
-            bar.update(1)
-    finally:
-        bar.close()
-    return result
+    return QuantProbe(graph, ranges, calibration, samples).sensitivity(plan.layers)
 
 
-def _run(model: bytes, outputs: list[str], feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    session = make_session(model)
-    got: list[np.ndarray] = []
-    for feed in feeds:
-        got.extend(session.run(outputs, feed))
-    return got
+def _db(signal: float, noise: float) -> float:
+    if noise <= 0:
+        return float("inf")
+    if signal <= 0:
+        return float("-inf")
+    return float(10.0 * np.log10(signal / noise))
 
 
-def _patch(model: Any, layer: Layer, producers: dict[str, int], ranges: dict[str, TensorRange]) -> None:
-    """Quantizes only ``layer`` in ``model`` (a copy of the float export)."""
+def _qdq(model: Any, name: str, r: TensorRange, tag: str) -> tuple[list[Any], str]:
+    """The nodes of ``DequantizeLinear(QuantizeLinear(name))`` with ``r``'s scale (their constants are added to
+    ``model``), and the output's name."""
     from onnx import helper, numpy_helper
 
-    node_index = producers[layer.node.outputs[0].name]
-    node = model.graph.node[node_index]
-    new_nodes = []
-    for index, value in layer.acts:
-        r = ranges[value.name]
-        scale = np.float32(r.threshold / QMAX) if r.threshold > 0 else np.float32(1.0)
-        tag = f"__kiln_sens_{index}"
-        model.graph.initializer.extend([
-            numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{tag}_scale"),
-            numpy_helper.from_array(np.array(0, dtype=np.int8), f"{tag}_zp"),
-        ])
-        new_nodes.append(helper.make_node("QuantizeLinear", [node.input[index], f"{tag}_scale", f"{tag}_zp"], [f"{tag}_q"]))
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zp"], [f"{tag}_dq"]))
-        node.input[index] = f"{tag}_dq"
-    for site in layer.weights:
-        w = site.value.numpy()
-        fq = numpy_helper.from_array(fake_quantize(w, site.axis), f"__kiln_sens_w{site.index}")
-        model.graph.initializer.append(fq)
-        node.input[site.index] = fq.name
-    if new_nodes:
-        rest = list(model.graph.node)
-        del model.graph.node[:]
-        model.graph.node.extend(rest[:node_index] + new_nodes + rest[node_index:])
+    scale = np.float32(r.threshold / QMAX) if r.threshold > 0 else np.float32(1.0)
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{tag}_scale"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), f"{tag}_zp"),
+    ])
+    nodes = [helper.make_node("QuantizeLinear", [name, f"{tag}_scale", f"{tag}_zp"], [f"{tag}_q"]),
+             helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zp"], [f"{tag}_dq"])]
+    return nodes, f"{tag}_dq"
+
+
+def _fake_weight(model: Any, site: Any, tag: str) -> str:
+    from onnx import numpy_helper
+
+    fq = numpy_helper.from_array(fake_quantize(site.value.numpy(), site.axis), f"{tag}_w{site.index}")
+    model.graph.initializer.append(fq)
+    return fq.name
+
+
+def _patch(model: Any, layers: list[Layer], ranges: dict[str, TensorRange]) -> None:
+    """Quantizes ``layers`` in ``model`` (a copy of the float export): Q/DQ before each, weights rounded."""
+    graph = model.graph
+    index_of = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    before: dict[int, list[Any]] = {}
+    for k, layer in enumerate(layers):
+        i = index_of[layer.node.outputs[0].name]
+        node = graph.node[i]
+        for index, value in layer.acts:
+            nodes, node.input[index] = _qdq(model, node.input[index], ranges[value.name], f"{_TAG}_p{k}_{index}")
+            before.setdefault(i, []).extend(nodes)
+        for site in layer.weights:
+            node.input[site.index] = _fake_weight(model, site, f"{_TAG}_p{k}")
+    if before:
+        nodes = list(graph.node)
+        del graph.node[:]
+        for i, node in enumerate(nodes):
+            graph.node.extend(before.get(i, []))
+            graph.node.append(node)
