@@ -115,7 +115,7 @@ def child_float(model_path: str, calib: str) -> dict:
 
 
 def child_kiln(model_path: str, calib: str, calibrator: str, out: str, workers: int, images: str | None = None,
-               keep_float: int = 0) -> dict:
+               keep_float: int = 0, min_sqnr: float = 0.0) -> dict:
     """``images``: a MODELS key; ``calib`` is then a folder of images preprocessed as that model wants."""
     import kiln
     import kiln.calib.executor
@@ -132,7 +132,8 @@ def child_kiln(model_path: str, calib: str, calibrator: str, out: str, workers: 
     start = time.perf_counter()
     config = CalibrationConfig(calib, batch_size=BATCH, workers=workers, progress=False, image=image)
     result = kiln.compile(model_path, "onnx", out, calibration=config,
-                          int8=True, quantize_options={"calibrator": calibrator, "keep_float": keep_float or 0}, stem="model")
+                          int8=True, quantize_options={"calibrator": calibrator, "keep_float": int(keep_float or 0),
+                                            "min_sqnr": float(min_sqnr or 0)}, stem="model")
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "calib_s": calib_seconds[0], "rss_mb": _rss_mb(),
             "artifact": str(Path(out) / "model.onnx"),
@@ -376,6 +377,8 @@ def main() -> int:
     p.add_argument("--no-ort", action="store_true")
     p.add_argument("--keep-float", default="rec:entropy:8",
                    help="extra kiln rows MODEL:CALIBRATOR:N with --keep-float N (comma-separated; '' for none)")
+    p.add_argument("--min-sqnr", default="det:entropy:25,rec:entropy:25",
+                   help="extra kiln rows MODEL:CALIBRATOR:DB with --min-sqnr DB (comma-separated; '' for none)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "calib"))
     args = p.parse_args()
 
@@ -406,6 +409,18 @@ def main() -> int:
             if "error" not in r:
                 r.update(accuracy(model, str(path), r["artifact"], str(test)))
             rows.append({"model": model, "tool": "kiln", "method": f"{cal} --keep-float {n}", "float_s": base["seconds"], **r})
+            print(json.dumps(rows[-1]), flush=True)
+        for spec in filter(None, args.min_sqnr.split(",")):
+            which, cal, db = spec.split(":")
+            if which != model:
+                continue
+            r = spawn("kiln", str(path), str(calib), cal, str(tmp / f"{model}_kiln_{cal}_ms{db}"), 1, None, 0, db)
+            if "error" not in r:
+                r.update(accuracy(model, str(path), r["artifact"], str(test)))
+                table = json.loads((Path(r["artifact"]).parent / "model.calib.json").read_text())
+                r["note"] = f"{len(table['kept_float'])} of {len(table['sensitivity'])} layers float"
+            rows.append({"model": model, "tool": "kiln", "method": f"{cal} --min-sqnr {db}", "float_s": base["seconds"],
+                         **r})
             print(json.dumps(rows[-1]), flush=True)
         if not args.no_ort:
             model13 = upgrade(path, tmp)

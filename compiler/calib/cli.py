@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-sqnr", type=float, default=0.0, metavar="DB",
                    help="keep the fewest most costly layers in float that bring the int8 output SQNR, measured on "
                         "calibration samples, to DB (mixed precision; e.g. 25)")
+    g.add_argument("--probe-samples", type=int, default=8, metavar="N",
+                   help="calibration samples that the int8 report, --keep-float and --min-sqnr measure on "
+                        "(default 8)")
     g.add_argument("--skip-layers", default="", metavar="A,B", help="layer (node) names to keep in float")
     g.add_argument("--skip-ops", default="", metavar="OP,OP", help="op types to keep in float, e.g. Softmax,Add")
     img = p.add_argument_group("calibration images")
@@ -106,7 +109,7 @@ def compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.calib_table is not None and not args.calib_table.lower().endswith(".json"):
         raise UsageError(f"--calib-table {args.calib_table}: expected a .calib.json written by kiln compile --int8")
     for flag, value in (("--calib-count", args.calib_count), ("--calib-batch", args.calib_batch),
-                        ("--calib-workers", args.calib_workers)):
+                        ("--calib-workers", args.calib_workers), ("--probe-samples", args.probe_samples)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} {value}: must be at least 1")
     if args.keep_float < 0:
@@ -143,6 +146,7 @@ def compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "skip_ops": _names(args.skip_ops),
         "keep_float": args.keep_float,
         "min_sqnr": args.min_sqnr,
+        "sensitivity_samples": args.probe_samples,
     }
     return {"int8": True, "fp16": args.fp16, "calibration": calibration, "quantize_options": options}
 
@@ -157,7 +161,12 @@ def quantize_step(options: Mapping[str, Any] | None) -> str:
             raise UsageError(f"unknown quantize option {key!r}")
         if value == _DEFAULTS[key] or (isinstance(value, (list, tuple)) and tuple(value) == _DEFAULTS[key]):
             continue
-        text = ",".join(quote(str(v)) for v in value) if isinstance(value, (list, tuple)) else quote(str(value))
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (list, tuple)):
+            text = ",".join(quote(str(v)) for v in value)
+        else:
+            text = quote(str(value))
         parts.append(f"{key.replace('_', '-')}={text}")
     return "quantize{" + " ".join(parts) + "}" if parts else "quantize"
 

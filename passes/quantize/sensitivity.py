@@ -13,7 +13,11 @@ The float reference runs once.  It answers three questions:
 * :meth:`~QuantProbe.output_sqnr`: the output SQNR with a set of layers
   quantized; ``min-sqnr=DB`` keeps the fewest most sensitive layers in float
   that bring it to ``DB`` (doubling, then bisection on their number: about
-  ``2 log2(layers)`` runs after the sensitivity pass).
+  ``2 log2(layers)`` runs after the sensitivity pass).  The patched layers use
+  their own calibrated scales; the written model can differ a little where
+  the quantize pass moved a pair (a MaxPool's output then shares its input's
+  scale), so the figure reported is :meth:`~QuantProbe.graph_sqnr`'s, measured
+  on the written model.
 * :meth:`~QuantProbe.local_errors`: the per-layer report.  One run of a model
   that computes, beside every float layer, a shadow copy reading quantized
   inputs and weights: each quantized tensor's SQNR (``x`` against
@@ -81,6 +85,12 @@ class QuantProbe:
         model = self._copy()
         _patch(model, list(layers), self.ranges)
         return sqnr_db(self.reference, self._run(model, self.outputs))
+
+    def graph_sqnr(self, graph: Graph) -> float:
+        """Output SQNR of ``graph`` (the quantized model itself, on the same inputs) against the float model."""
+        from kiln.exporter import to_onnx
+
+        return sqnr_db(self.reference, self._run(to_onnx(graph), self.outputs))
 
     def sensitivity(self, layers: Sequence[Layer]) -> dict[str, float]:
         """Layer name -> output SQNR with only that layer quantized."""
