@@ -227,8 +227,8 @@ def _warn_if_poor(result: CalibrationResult, target: float) -> None:
         return
     worst = ", ".join(name for name, _ in result.worst_layers(3))
     if target and sqnr < target - 0.05:
-        # The search measures patched copies of the float model; the written model can land lower on
-        # ill-conditioned networks, where even onnxruntime's int8 and float kernels differ by dBs.
+        # The search measures float simulations of int8; the written model runs int8 kernels, and on
+        # networks that amplify small perturbations the two differ by a few dB (see sensitivity.py).
         logger.warning("int8: --min-sqnr %.1f: the written model reaches %.1f dB on %d calibration samples with %d "
                        "layers kept in float; ask for more, or measure on more samples (--probe-samples)",
                        target, sqnr, result.probe_samples, len(result.kept_float))

@@ -95,3 +95,12 @@ def samples(n: int, seed: int = 1, shape: tuple[int, ...] = (3, 8, 8)) -> np.nda
     base = rng.uniform(0, 1, (n, *shape)).astype(np.float32)
     base[:, :, ::3, ::3] *= 3.0
     return base
+
+
+def one_conv(w: np.ndarray) -> onnx.ModelProto:
+    """x[N, C, 3, 3] -> a bias-free 1x1 Conv named ``conv`` with weight ``w`` [O, C, 1, 1] (opset 13)."""
+    return helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", w.shape[1], 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", w.shape[0], 3, 3])],
+        [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 13)])

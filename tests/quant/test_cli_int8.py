@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from calib_models import conv_net, samples, save
+from calib_models import samples
 from kiln.driver.cli import main
 from kiln.quant import sqnr_db
-
-
-@pytest.fixture
-def setup(tmp_path):
-    model = save(conv_net(), tmp_path / "net.onnx")
-    np.save(tmp_path / "calib.npy", samples(24))
-    return tmp_path, model
 
 
 def _run(path, x):
@@ -72,6 +64,12 @@ def test_workers_give_the_same_model(setup):
     (["--int8", "--calib", "random", "--calib-count", "0"], "--calib-count 0"),
     (["--int8", "--calib", "random", "--calibrator", "kl"], "invalid choice"),
     (["--int8", "--calib", "random", "--calib-size", "48"], "--calib-size"),
+    (["--int8", "--calib", "random", "--calib-table", "t.calib.json"], "not both"),
+    (["--int8", "--calib-table", "calib.npy"], "expected a .calib.json"),
+    (["--calib-table", "t.calib.json"], "--calib-table is only used with --int8"),
+    (["--int8", "--calib", "random", "--keep-float", "1", "--min-sqnr", "30"], "not both"),
+    (["--int8", "--calib", "random", "--min-sqnr", "-3"], "--min-sqnr -3.0"),
+    (["--int8", "--calib", "random", "--probe-samples", "0"], "--probe-samples 0"),
 ])
 def test_usage_errors(setup, capsys, argv, message):
     tmp, model = setup

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from calib_models import conv_net, samples
+from calib_models import conv_net, one_conv, samples
 from kiln.calib import CalibrationConfig, CalibrationStats, read_json
 from kiln.ir import print_ir
 from kiln.passmanager import PassContext, PassManager
@@ -42,11 +42,7 @@ def test_matches_a_numpy_simulation():
     """Conv -> Relu with Q/DQ equals numpy's fake quantization of input and weights, then float conv."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 2, 1, 1)).astype(np.float32)
-    model = helper.make_model(helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "m",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3, 3])],
-        [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 13)])
+    model = one_conv(w)
     data = rng.standard_normal((8, 2, 3, 3)).astype(np.float32)
     g, ctx = quantized("quantize{calibrator=minmax}", data, model)
     scale = ctx.extra["calibration"].ranges["x"].scale
