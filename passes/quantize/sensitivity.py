@@ -46,7 +46,7 @@ from kiln.ir.core import Graph
 from kiln.passes.quantize.placement import Layer, Plan
 from kiln.quant.islands import fewest_sensitive
 from kiln.quant.metrics import sqnr_db
-from kiln.quant.weights import QMAX, fake_quantize
+from kiln.quant.weights import QMAX, quantize_weight
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ class QuantProbe:
             for index, value in layer.acts:
                 shadow.input[index] = quantized[value.name]
             for site in layer.weights:
-                shadow.input[site.index] = _fake_weight(model, site, tag)
+                dq, shadow.input[site.index] = _int8_weight(model, site, tag)
+                graph.node.append(dq)
             graph.node.append(shadow)
             pairs[f"layer:{layer.name}"] = error_of(node.output[0], shadow.output[0], tag)
         sums = np.zeros(len(fetch), dtype=np.float64)
@@ -219,27 +220,47 @@ def _qdq(model: Any, name: str, r: TensorRange, tag: str) -> tuple[list[Any], st
     return nodes, f"{tag}_dq"
 
 
-def _fake_weight(model: Any, site: Any, tag: str) -> str:
-    from onnx import numpy_helper
+def _int8_weight(model: Any, site: Any, tag: str) -> tuple[Any, str]:
+    """``DequantizeLinear`` of ``site``'s weight as int8 with per-channel scales, as the quantize pass writes it
+    (so that onnxruntime runs the same int8 kernels on the copy as on the written model): the node, whose
+    constants are added to ``model``, and its output's name."""
+    from onnx import helper, numpy_helper
 
-    fq = numpy_helper.from_array(fake_quantize(site.value.numpy(), site.axis), f"{tag}_w{site.index}")
-    model.graph.initializer.append(fq)
-    return fq.name
+    q, scales = quantize_weight(site.value.numpy(), site.axis)
+    name = f"{tag}_w{site.index}"
+    zero = np.zeros(scales.shape, dtype=np.int8)
+    if site.axis is None:
+        scales, zero = scales.reshape(()), zero.reshape(())
+    model.graph.initializer.extend([numpy_helper.from_array(q, f"{name}_q"),
+                                    numpy_helper.from_array(scales, f"{name}_scale"),
+                                    numpy_helper.from_array(zero, f"{name}_zp")])
+    attrs = {} if site.axis is None else {"axis": site.axis}
+    node = helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zp"], [name], **attrs)
+    return node, name
 
 
 def _patch(model: Any, layers: list[Layer], ranges: dict[str, TensorRange]) -> None:
-    """Quantizes ``layers`` in ``model`` (a copy of the float export): Q/DQ before each, weights rounded."""
+    """Quantizes ``layers`` in ``model`` (a copy of the float export) as the quantize pass would: one Q/DQ pair
+    per quantized tensor, read by every layer that quantizes it, and int8 weights through DequantizeLinear.
+    (One pair, not one per reader: onnxruntime fuses ``Conv -> QuantizeLinear`` into an int8 kernel only where
+    the Conv's output has that single reader, and the rounding differs.)"""
     graph = model.graph
     index_of = {out: i for i, node in enumerate(graph.node) for out in node.output}
     before: dict[int, list[Any]] = {}
+    readers: dict[str, list[tuple[int, int]]] = {}
     for k, layer in enumerate(layers):
         i = index_of[layer.node.outputs[0].name]
-        node = graph.node[i]
         for index, value in layer.acts:
-            nodes, node.input[index] = _qdq(model, node.input[index], ranges[value.name], f"{_TAG}_p{k}_{index}")
-            before.setdefault(i, []).extend(nodes)
+            readers.setdefault(value.name, []).append((i, index))
         for site in layer.weights:
-            node.input[site.index] = _fake_weight(model, site, f"{_TAG}_p{k}")
+            dq, graph.node[i].input[site.index] = _int8_weight(model, site, f"{_TAG}_p{k}")
+            before.setdefault(i, []).append(dq)
+    for t, (name, uses) in enumerate(readers.items()):
+        first = min(i for i, _ in uses)
+        nodes, out = _qdq(model, graph.node[first].input[uses[0][1]], ranges[name], f"{_TAG}_a{t}")
+        before.setdefault(first, []).extend(nodes)
+        for i, index in uses:
+            graph.node[i].input[index] = out
     if before:
         nodes = list(graph.node)
         del graph.node[:]
