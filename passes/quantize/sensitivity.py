@@ -1,10 +1,11 @@
 """Measuring what int8 costs, on calibration samples: mixed precision and the per-layer report.
 
 :class:`QuantProbe` runs the float model exported from the IR, with chosen
-layers quantized (their activation inputs through Q/DQ with the calibrated
-scales, their weights fake-quantized per channel) patched into the ONNX proto,
-on the first ``samples`` samples of the calibration subsample, in onnxruntime.
-The float reference runs once.  It answers three questions:
+layers quantized as the quantize pass writes them (one Q/DQ pair with the
+calibrated scale per quantized activation, int8 weights per channel through
+DequantizeLinear) patched into the ONNX proto, on the first ``samples``
+samples of the calibration subsample, in onnxruntime.  The float reference
+runs once.  It answers three questions:
 
 * :meth:`~QuantProbe.sensitivity`: a layer's *sensitivity* is the SQNR of the
   model's outputs (all outputs, all samples) when *only that layer* is
@@ -13,15 +14,16 @@ The float reference runs once.  It answers three questions:
 * :meth:`~QuantProbe.output_sqnr`: the output SQNR with a set of layers
   quantized; ``min-sqnr=DB`` keeps the fewest most sensitive layers in float
   that bring it to ``DB`` (doubling, then bisection on their number: about
-  ``2 log2(layers)`` runs after the sensitivity pass).  The patched copies
-  simulate int8 in float (weights rounded, then a float Conv); the written
-  model runs onnxruntime's int8 kernels (``QLinearConv`` ...), whose integer
-  accumulation and requantization round a value to the neighbouring level
-  here and there.  Most networks do not notice; networks that amplify small
-  perturbations do (PP-OCRv4 rec: a 44 dB error in its second layer's
-  weights reaches the output at 14 dB), and there the two differ by a few
-  dB.  So the figure reported is :meth:`~QuantProbe.graph_sqnr`'s, measured
-  on the written model.
+  ``2 log2(layers)`` runs after the sensitivity pass).  Patching the copies in
+  the written model's form matters: onnxruntime then runs the same int8
+  kernels (``QLinearConv`` ...) on both, whose integer accumulation and
+  requantization round a value to the neighbouring level here and there.
+  Most networks do not notice; networks that amplify small perturbations do
+  (PP-OCRv4 rec: a 44 dB error in its second layer's weights reaches the
+  output at 14 dB), and a float simulation of int8 there misses the written
+  model's SQNR by several dB.  What remains different (the pass moves some
+  pairs through MaxPool, sharing a scale) is a few tenths of a dB, and the
+  figure reported is :meth:`~QuantProbe.graph_sqnr`'s, on the written model.
 * :meth:`~QuantProbe.local_errors`: the per-layer report.  One run of a model
   that computes, beside every float layer, a shadow copy reading quantized
   inputs and weights: each quantized tensor's SQNR (``x`` against

@@ -111,6 +111,8 @@ def test_min_sqnr_keeps_the_fewest_most_sensitive_layers():
     plan = plan_quantization(probe_g)
     ranges = kiln.calib.calibrate(probe_g, samples(32), "minmax").ranges
     probe = QuantProbe(probe_g, ranges, CalibrationConfig(samples(32)))
+    # The patched copies quantize as the written model does: the same figure for the same layers.
+    assert probe.output_sqnr(plan.layers) == pytest.approx(full.output_sqnr, abs=0.01)
     fewer = set(ranking[: len(result.kept_float) - 1])
     assert probe.output_sqnr([layer for layer in plan.layers if layer.name not in fewer]) < target
     # A target the fully quantized model already meets keeps nothing in float.
@@ -163,3 +165,12 @@ def test_calib_table_reuses_ranges_and_float_layers(setup, capsys):
     assert (tmp / "b" / "net.onnx").read_bytes() == (tmp / "a" / "net.onnx").read_bytes()
     assert json.loads((tmp / "b" / "net.calib.json").read_text())["kept_float"] == \
         json.loads(table.read_text())["kept_float"]
+
+
+def test_pipeline_text_of_the_command_options():
+    from kiln.calib.cli import quantize_step
+
+    assert quantize_step({"report": False, "min_sqnr": 25.0, "calibrator": "entropy"}) == \
+        "quantize{report=false min-sqnr=25.0}"
+    _, result = quantized(quantize_step({"report": False}))
+    assert result.output_sqnr is None and result.layer_sqnr == {}
