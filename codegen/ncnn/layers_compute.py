@@ -175,8 +175,10 @@ def lower_conv(lw: Lowering, node: Node) -> None:
     weight = lw.const(w)
     if weight is None:
         raise unsupported(node, "a convolution whose weight is not a constant")
+    if weight.ndim == 3:
+        return lower_conv1d(lw, node, weight)
     if weight.ndim != 4:
-        raise unsupported(node, f"a {weight.ndim - 2}-D convolution (ncnn target lowers 2-D ones)")
+        raise unsupported(node, f"a {weight.ndim - 2}-D convolution (ncnn target lowers 1-D and 2-D ones)")
     assert x is not None
     bottom = lw.blob(x, node)
     in_shape = lw.nshape[bottom]
@@ -200,6 +202,46 @@ def lower_conv(lw: Lowering, node: Node) -> None:
     if bias is not None:
         weights.append(Blob(np.broadcast_to(bias.reshape(-1), (out_c,)).astype(np.float32)))
     _conv_int8(lw, node, x, w, group, out_c, weight, params, weights)
+    _emit_with_act(lw, node, type_, [bottom], params, weights)
+
+
+def _explicit_pads_1d(node: Node, width: int, kernel: int, stride: int, dil: int) -> tuple[int, int]:
+    """ONNX pads [left, right] of a 1-D conv or pool, auto_pad resolved from the static width."""
+    auto = node.attr("auto_pad", "NOTSET") or "NOTSET"
+    if auto == "NOTSET":
+        left, right = ints(node.attr("pads") or [0, 0])
+        return left, right
+    if auto == "VALID":
+        return 0, 0
+    total = max(0, (-(-width // stride) - 1) * stride + (kernel - 1) * dil + 1 - width)
+    return (total // 2, total - total // 2) if auto == "SAME_UPPER" else (total - total // 2, total // 2)
+
+
+def lower_conv1d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
+    """ONNX Conv over [N, C, W] -> ncnn Convolution1D / ConvolutionDepthWise1D on the [C, W] blob (h = channels).
+
+    ncnn has no int8 1-D convolution: a quantized one runs in float (its Q/DQ pairs fold away)."""
+    x, b = node.input(0), node.input(2)
+    assert x is not None
+    bottom = lw.blob(x, node)
+    in_shape = lw.nshape[bottom]
+    if len(in_shape) != 2:
+        raise unsupported(node, f"a 1-D convolution of a {len(in_shape)}-D blob")
+    out_c, _, k = (int(d) for d in weight.shape)
+    group = int(node.attr("group", 1))
+    stride = ints(node.attr("strides") or [1])[0]
+    dil = ints(node.attr("dilations") or [1])[0]
+    left, right = _explicit_pads_1d(node, in_shape[1], k, stride, dil)
+    bias = lw.const(b)
+    params: dict[int, ParamValue] = {0: out_c, 1: k, 2: dil, 3: stride, 4: left, 15: right,
+                                     5: int(bias is not None), 6: int(weight.size)}
+    type_ = "Convolution1D"
+    if group > 1:
+        type_ = "ConvolutionDepthWise1D"
+        params[7] = group
+    weights: list[Blob] = [Blob(weight.astype(np.float32), tagged=True)]
+    if bias is not None:
+        weights.append(Blob(np.broadcast_to(bias.reshape(-1), (out_c,)).astype(np.float32)))
     _emit_with_act(lw, node, type_, [bottom], params, weights)
 
 
@@ -492,8 +534,10 @@ def lower_pool(lw: Lowering, node: Node) -> None:
     out = node.outputs[0]
     bottom = lw.blob(x, node)
     in_shape = lw.nshape[bottom]
+    if len(in_shape) == 2:
+        return lower_pool1d(lw, node)
     if len(in_shape) != 3:
-        raise unsupported(node, f"pooling a {len(in_shape)}-D blob (ncnn's Pooling is 2-D)")
+        raise unsupported(node, f"pooling a {len(in_shape)}-D blob (ncnn pools 1-D and 2-D ones)")
     kind = 0 if "Max" in node.op else 1
     if node.op.startswith("Global"):
         # Adaptive 1x1 keeps the [C, 1, 1] shape ONNX has (global pooling would flatten to [C]).
@@ -517,6 +561,29 @@ def lower_pool(lw: Lowering, node: Node) -> None:
         params[6] = int(node.attr("count_include_pad", 0))
     out_shape = lw.shape_of(out, node)
     lw.add("Pooling", lw.layer_name(node), [bottom], [lw.bind(out, node, out_shape)], params)
+
+
+def lower_pool1d(lw: Lowering, node: Node) -> None:
+    """Pooling over [N, C, W] -> ncnn Pooling1D on the [C, W] blob (h = channels)."""
+    bottom = lw.blob(node.input(0), node)
+    width = lw.nshape[bottom][1]
+    out = node.outputs[0]
+    kind = 0 if "Max" in node.op else 1
+    if node.op.startswith("Global"):  # adaptive to 1 keeps ONNX's [C, 1] (global pooling would give [C])
+        lw.add("Pooling1D", lw.layer_name(node), [bottom], [lw.bind(out, node)], {0: kind, 7: 1, 8: 1})
+        return
+    if len(node.outputs) > 1 and node.outputs[1].uses:
+        raise unsupported(node, "MaxPool's Indices output")
+    kernel = ints(node.attr("kernel_shape"))[0]
+    stride = ints(node.attr("strides") or [1])[0]
+    if ints(node.attr("dilations") or [1]) != [1]:
+        raise unsupported(node, "dilated pooling")
+    left, right = _explicit_pads_1d(node, width, kernel, stride, 1)
+    params: dict[int, ParamValue] = {0: kind, 1: kernel, 2: stride, 3: left, 14: right,
+                                     5: 0 if int(node.attr("ceil_mode", 0)) else 1}
+    if kind == 1:
+        params[6] = int(node.attr("count_include_pad", 0))
+    lw.add("Pooling1D", lw.layer_name(node), [bottom], [lw.bind(out, node, lw.shape_of(out, node))], params)
 
 
 def lower_batchnorm(lw: Lowering, node: Node) -> None:

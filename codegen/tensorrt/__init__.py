@@ -60,7 +60,7 @@ def _flag(key: str) -> str:
 
 def legalize_pipeline(options: Mapping[str, Any] | None = None) -> str:
     """The fusions TensorRT has single layers for (activations into Conv/Gemm, LayerNorm, GELU, attention)."""
-    return "target-fusions"
+    return "target-fusions,lift-1d"
 
 
 def emit(graph: Graph, out_dir: str | Path, stem: str, options: Mapping[str, Any] | None = None) -> list[Path]:

@@ -47,7 +47,7 @@ def legalize_pipeline(options: Mapping[str, Any] | None = None) -> str:
     options = dict(options or {})
     _check_options(options)
     layout = "to-nhwc{nhwc-io=true}" if options.get("nhwc_io") else "to-nhwc"
-    return f"target-fusions,{layout},remove-noops,dce"
+    return f"target-fusions,lift-1d,{layout},remove-noops,dce"
 
 
 def precision_pipeline(int8: bool, fp16: bool, quantize_options: Mapping[str, Any] | None = None) -> str:

@@ -32,12 +32,14 @@ def weights(shape: tuple[int, ...], seed: int = 0, scale: float = 0.5) -> np.nda
 
 
 def compile_and_compare(model: onnx.ModelProto, tmp: Path, *, options: dict | None = None, fp16: bool = False,
-                        pipeline: str | None = None, seed: int = 0) -> tuple[float, Path]:
-    """Compiles to ncnn, runs both runtimes on the same random inputs; returns (max rel error, param path)."""
+                        pipeline: str | None = None, seed: int = 0, int8: bool = False) -> tuple[float, Path]:
+    """Compiles to ncnn (``int8``: calibrated on 8 random samples), runs both runtimes on the same random
+    inputs; returns (max rel error, param path)."""
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "m.onnx"
     onnx.save(model, path)
-    result = kiln_compile(path, "ncnn", tmp / "out", options=options, fp16=fp16, pipeline=pipeline)
+    result = kiln_compile(path, "ncnn", tmp / "out", options=options, fp16=fp16, pipeline=pipeline, int8=int8,
+                          calibration="random:8" if int8 else None)
     rng = np.random.default_rng(seed)
     feed = {}
     for value in model.graph.input:

@@ -61,6 +61,56 @@ def test_depthwise_and_grouped(tmp_path, group, cout):
     assert err < 1e-4 and "ConvolutionDepthWise" in param.read_text()
 
 
+@pytest.mark.parametrize("group,cout,act,attrs", [
+    (1, 6, None, {"pads": [2, 1], "strides": [2]}),
+    (1, 6, "Relu", {"dilations": [2], "pads": [2, 2]}),
+    (1, 6, "Sigmoid", {"auto_pad": "SAME_UPPER"}),
+    (4, 4, "HardSwish", {"pads": [1, 1]}),
+    (2, 6, None, {"auto_pad": "SAME_LOWER", "strides": [2]}),
+])
+def test_conv1d(tmp_path, group, cout, act, attrs):
+    nodes = [N("Conv", ["x", "w", "b"], ["c"] if act else ["y"], kernel_shape=[3], group=group, **attrs)]
+    if act:
+        nodes.append(N(act, ["c"], ["y"]))
+    consts = {"w": weights((cout, 4 // group, 3)), "b": weights((cout,), 1)}
+    model = make_model(nodes, {"x": (1, 4, 11)}, {"y": None}, consts, opset=18)
+    err, param = compile_and_compare(model, tmp_path)
+    assert err < 1e-4
+    layers = [f[0] for f in param_layers(param)]
+    assert layers[1] == ("Convolution1D" if group == 1 else "ConvolutionDepthWise1D")
+    if act:  # fused into the convolution's activation_type
+        assert len(layers) == 2
+    err16, _ = compile_and_compare(model, tmp_path / "fp16", fp16=True)
+    assert err16 < 1e-2
+    # ncnn has no int8 1-D convolution: under --int8 it stays a float Convolution1D, within int8's error.
+    err8, param8 = compile_and_compare(model, tmp_path / "int8", int8=True)
+    assert err8 < 0.1 and [f[0] for f in param_layers(param8)] == layers
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", {"kernel_shape": [3], "strides": [2], "ceil_mode": 1}),
+    ("MaxPool", {"kernel_shape": [2], "pads": [1, 0]}),
+    ("AveragePool", {"kernel_shape": [3], "strides": [2], "pads": [1, 1], "count_include_pad": 0}),
+    ("AveragePool", {"kernel_shape": [3], "pads": [1, 1], "count_include_pad": 1}),
+    ("AveragePool", {"kernel_shape": [3], "strides": [2], "auto_pad": "SAME_UPPER"}),
+    ("GlobalAveragePool", {}),
+    ("GlobalMaxPool", {}),
+])
+def test_pool1d(tmp_path, op, attrs):
+    model = make_model([N(op, ["x"], ["y"], **attrs)], {"x": (1, 4, 11)}, {"y": None}, opset=18)
+    err, param = compile_and_compare(model, tmp_path)
+    assert err < 1e-5 and [f[0] for f in param_layers(param)] == ["Input", "Pooling1D"]
+
+
+def test_conv3d_is_refused_naming_the_node(tmp_path):
+    from kiln.errors import KilnError
+
+    node = N("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1, 1], name="vol")
+    model = make_model([node], {"x": (1, 4, 2, 3, 3)}, {"y": None}, {"w": weights((2, 4, 1, 1, 1))})
+    with pytest.raises(KilnError, match="vol.*3-D convolution"):
+        compile_and_compare(model, tmp_path)
+
+
 @pytest.mark.parametrize("group", [1, 2])
 def test_conv_transpose(tmp_path, group):
     node = N("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], pads=[1, 0, 1, 1], group=group,

@@ -289,3 +289,23 @@ def test_bad_options(opts, message, tmp_path) -> None:
     _, graph, _ = _load_graph("light_squeezenet", None)
     with pytest.raises(UsageError, match=re.escape(message)):
         target.emit(graph, tmp_path, "m", {"fp16": False, "int8": False, "input_shapes": {}, **opts})
+
+
+def test_1d_network_is_lifted_to_2d_kernels(tmp_path) -> None:
+    """TensorRT's convolution and pooling layers take 2-D or 3-D windows: 1-D ones are emitted over height 1."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "layout"))
+    from kiln.runtime.onnxruntime import run as ort_run
+    from nets import Net
+
+    net = Net((1, 4, 16))
+    c = net.node("Relu", [net.node("Conv", ["x", net.w((8, 4, 3)), net.w((8,))], kernel_shape=[3], pads=[1, 1])])
+    y = net.node("AveragePool", [net.node("Conv", [c, net.w((8, 1, 3))], kernel_shape=[3], group=8)],
+                 kernel_shape=[2], strides=[2])
+    model = net.model(y)
+    graph = frontend.load(model)
+    optimize(graph, pipeline=f"O2,{target.legalize_pipeline({})}")
+    program = target.emit(graph, tmp_path, "m", {"fp16": False, "int8": False, "input_shapes": {}})[0]
+    text = program.read_text()
+    assert "add_convolution_nd" in text and "trt.Dims([1, 3])" in text and "trt.Dims([1, 2])" in text
+    got = trt_double.run_program(program, net.feed())
+    assert rel_error(got[y], ort_run(model, net.feed())[y]) < 1e-5

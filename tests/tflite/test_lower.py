@@ -71,6 +71,38 @@ def test_pools_ceil_mode_and_count_include_pad(tmp_path: Path) -> None:
     assert "TRANSPOSE" in ops  # at the boundary only: NCHW in and out
 
 
+def _audio_net() -> tuple[Net, str]:
+    """A 1-D network: conv+relu, depthwise conv with a residual add, max pool, SAME conv+sigmoid, avg pool."""
+    net = Net((1, 4, 16))
+    c1 = net.node("Relu", [net.node("Conv", ["x", net.w((8, 4, 3)), net.w((8,))], kernel_shape=[3], pads=[1, 1])])
+    c2 = net.node("Conv", [c1, net.w((8, 1, 3))], kernel_shape=[3], pads=[1, 1], group=8)
+    pooled = net.node("MaxPool", [net.node("Add", [c2, c1])], kernel_shape=[2], strides=[2])
+    c3 = net.node("Sigmoid", [net.node("Conv", [pooled, net.w((6, 8, 5)), net.w((6,))], kernel_shape=[5],
+                                       auto_pad="SAME_UPPER")])
+    y = net.node("AveragePool", [c3], kernel_shape=[3], pads=[1, 1], count_include_pad=0)
+    return net, y
+
+
+def test_1d_convolutions_and_pools_lift_to_2d(tmp_path: Path) -> None:
+    net, y = _audio_net()
+    ops = _check(net, [y], tmp_path)
+    assert ops.count("CONV_2D") == 2 and "DEPTHWISE_CONV_2D" in ops
+    assert {"MAX_POOL_2D", "AVERAGE_POOL_2D"} <= set(ops)
+    inner = ops[ops.index("CONV_2D"):len(ops) - 1 - ops[::-1].index("AVERAGE_POOL_2D")]
+    assert "TRANSPOSE" not in inner  # height-1 NHWC throughout: the lifted chain needs no transpose
+    assert "RELU" not in ops  # fused into the lifted CONV_2D
+
+
+def test_1d_network_in_full_int8(tmp_path: Path) -> None:
+    net, y = _audio_net()
+    model = net.model(y)
+    feed = net.feed()
+    calib = np.concatenate([net.feed(seed=s)["x"] for s in range(2, 18)])
+    path = _compile(model, tmp_path, int8=True, calibration=calib)
+    assert "CONV_2D" in _ops(path)
+    assert _sqnr(run_ort(model, feed)[y], litert.run(path, feed)[y]) > 25
+
+
 def test_resize_convtranspose_concat(tmp_path: Path) -> None:
     net = Net((1, 4, 6, 6))
     t = net.node("ConvTranspose", ["x", net.w((4, 3, 3, 3)), net.w((3,))], kernel_shape=[3, 3], strides=[2, 2],

@@ -87,9 +87,8 @@ def _run_builtin_kernels(path: Path, feed: dict[str, np.ndarray]) -> dict[str, n
 
 @pytest.mark.parametrize("name", FP16_MODELS)
 def test_float16_weights_run_on_cpu_kernels(name: str, tmp_path: Path) -> None:
-    from kiln.ir.tensor import Tensor
-
     from ai_edge_litert.interpreter import Interpreter
+    from kiln.ir.tensor import Tensor
 
     _, feed = _model(name)
     artifact, graph = _compile(name, tmp_path, fp16=True)
