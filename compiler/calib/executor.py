@@ -87,11 +87,15 @@ def calibration_model(graph: Any, tensors: Iterable[str] | None = None) -> tuple
     return proto.SerializeToString(), fetch, observed_inputs
 
 
-def make_session(model: bytes | str, threads: int | None = None) -> Any:
+def make_session(model: bytes | str, threads: int | None = None, basic: bool = False) -> Any:
+    """An onnxruntime CPU session; ``basic``: only onnxruntime's basic graph optimizations (a session made for a
+    few runs, where the full optimizer's time would outweigh what it saves)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if basic:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     # onnxruntime's pool threads spin between ops by default; the histogram thread runs beside them
     # (see _run), and spinning threads would take its core.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -164,7 +164,7 @@ class QuantProbe:
             graph.node.append(shadow)
             pairs[f"layer:{layer.name}"] = error_of(node.output[0], shadow.output[0], tag)
         sums = np.zeros(len(fetch), dtype=np.float64)
-        for got in self._run_each(model, fetch):
+        for got in self._run_each(model, fetch, basic=True):
             sums += np.array([float(np.asarray(g)) for g in got])
         total = dict(zip(fetch, sums))
         tensors: dict[str, float] = {}
@@ -187,8 +187,8 @@ class QuantProbe:
             got.extend(result)
         return got
 
-    def _run_each(self, model: Any, outputs: list[str]) -> Iterable[list[np.ndarray]]:
-        session = make_session(model.SerializeToString())
+    def _run_each(self, model: Any, outputs: list[str], basic: bool = False) -> Iterable[list[np.ndarray]]:
+        session = make_session(model.SerializeToString(), basic=basic)
         for feed in self.feeds:
             yield session.run(outputs, feed)
 
