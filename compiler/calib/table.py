@@ -60,6 +60,14 @@ class LayerInfo:
     weight: str | None = None
 
 
+_NAME_WIDTH = 40
+"""Layer and tensor names longer than this are shortened in the report (from the left: the end says more)."""
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
 @dataclass
 class CalibrationResult:
     """Everything calibration and quantization decided (see the module doc)."""
@@ -126,18 +134,23 @@ class CalibrationResult:
                  + (f", {len(self.skipped)} skipped" if self.skipped else "")]
         worst = self.worst_layers(count)
         if worst:
-            lines.append(f"the {len(worst)} worst layers (their own output SQNR, on float inputs):")
-            lines.append(f"  {'layer':<32} {'op':<14} {'layer dB':>8}  {'input':<32} {'threshold':>10} "
-                         f"{'scale':>10} {'input dB':>8}")
+            rows = []
             for name, db in worst:
                 info = self.layers.get(name)
-                inputs = list(info.inputs) if info is not None and info.inputs else [""]
+                inputs = [t for t in (info.inputs if info is not None else ()) if t in self.ranges] or [""]
                 for k, tensor in enumerate(inputs):
                     r = self.ranges.get(tensor)
-                    head = f"  {name:<32} {info.op if info else '':<14} {db:>8.1f}" if k == 0 else " " * 59
-                    tail = (f"  {tensor:<32} {r.threshold:>10.4g} {r.scale:>10.4g} "
-                            f"{self.tensor_sqnr.get(tensor, float('nan')):>8.1f}") if r is not None else ""
-                    lines.append(head + tail)
+                    rows.append((name if k == 0 else "", (info.op if info else "") if k == 0 else "",
+                                 f"{db:.1f}" if k == 0 else "", tensor,
+                                 f"{r.threshold:.4g}" if r else "", f"{r.scale:.4g}" if r else "",
+                                 f"{self.tensor_sqnr.get(tensor, float('nan')):.1f}" if r else ""))
+            head = ("layer", "op", "layer dB", "quantized input", "threshold", "scale", "input dB")
+            widths = [min(max(len(row[i]) for row in [head, *rows]), _NAME_WIDTH) for i in range(len(head))]
+            lines.append(f"the {len(worst)} worst layers (their own output SQNR, on float inputs):")
+            for row in [head, *rows]:
+                cells = [_fit(c, w).ljust(w) if i in (0, 1, 3) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))]
+                lines.append(("  " + "  ".join(cells)).rstrip())
         return "\n".join(lines) + "\n"
 
     def to_tensorrt_cache(self, trt_version: int = TRT_VERSION) -> str:
