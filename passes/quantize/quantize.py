@@ -110,6 +110,10 @@ class Quantize(Pass):
                 result.kept_float = probe.fewest_float(plan.layers, result.sensitivity, self.min_sqnr)
             keep = set(result.kept_float)
             plan.layers = [layer for layer in plan.layers if layer.name not in keep]
+            if not plan.layers:
+                logger.warning("int8: %s keeps all %d layers in float: nothing is quantized",
+                               f"--min-sqnr {self.min_sqnr:g}" if self.min_sqnr else f"--keep-float {self.keep_float}",
+                               len(keep))
         if probe is not None and plan.layers:
             result.tensor_sqnr, result.layer_sqnr = probe.local_errors(plan)
         changed = self.apply(graph, plan, ranges, result, ctx)

@@ -120,6 +120,14 @@ def test_min_sqnr_keeps_the_fewest_most_sensitive_layers():
     assert easy.kept_float == [] and set(easy.layers) == set(full.layers)
 
 
+def test_min_sqnr_out_of_reach_keeps_everything_float_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="kiln"):
+        g, result = quantized("quantize{min-sqnr=150}")
+    assert len(result.kept_float) == 7 and not result.layers
+    assert not [n for n in g if n.op == "QuantizeLinear"]
+    assert "keeps all 7 layers in float" in caplog.text
+
+
 def test_min_sqnr_option_errors():
     with pytest.raises(kiln.errors.KilnError, match="not both"):
         quantized("quantize{keep-float=1 min-sqnr=30}")
