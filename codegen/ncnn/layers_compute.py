@@ -274,7 +274,11 @@ def _emit_with_act(lw: Lowering, node: Node, type_: str, bottoms: list[str], par
     final_shape = out_shape if out_shape is not None else lw.shape_of(out, node)
     layer_shape = post_reshape if post_reshape is not None else final_shape
     top = lw.new_blob(out.name + ("_2d" if post_reshape is not None else ""), layer_shape)
-    extra = standalone_activation(lw, node, params, fused_activation(node), fusable=type_ != "Gemm")
+    act = fused_activation(node)
+    # Gemm carries no activation; the 1-D deconvolutions apply activation_type 1-4 only.
+    fusable = type_ != "Gemm" and (not type_.startswith("Deconvolution") or not type_.endswith("1D")
+                                   or act is None or act[0] in ("Relu", "LeakyRelu", "Clip", "Sigmoid"))
+    extra = standalone_activation(lw, node, params, act, fusable=fusable)
     if extra is None:
         lw.add(type_, lw.layer_name(node), bottoms, [top], params, weights)
     else:
@@ -291,8 +295,10 @@ def _emit_with_act(lw: Lowering, node: Node, type_: str, bottoms: list[str], par
 def lower_conv_transpose(lw: Lowering, node: Node) -> None:
     x, w, b = node.input(0), node.input(1), node.input(2)
     weight = lw.const(w)
+    if weight is not None and weight.ndim == 3:
+        return lower_conv_transpose1d(lw, node, weight)
     if weight is None or weight.ndim != 4:
-        raise unsupported(node, "a transposed convolution without a constant 2-D weight")
+        raise unsupported(node, "a transposed convolution without a constant 1-D or 2-D weight")
     if (node.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "VALID") or node.attr("output_shape"):
         raise unsupported(node, "a transposed convolution with auto_pad or output_shape")
     bottom = lw.blob(x, node)
@@ -312,6 +318,32 @@ def lower_conv_transpose(lw: Lowering, node: Node) -> None:
     type_ = "Deconvolution"
     if group > 1:
         type_ = "DeconvolutionDepthWise"
+        params[7] = group
+    weights = [Blob(np.ascontiguousarray(wt).astype(np.float32), tagged=True)]
+    if bias is not None:
+        weights.append(Blob(bias.reshape(-1).astype(np.float32)))
+    _emit_with_act(lw, node, type_, [bottom], params, weights)
+
+
+def lower_conv_transpose1d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
+    """ONNX ConvTranspose over [N, C, W] -> ncnn Deconvolution1D / DeconvolutionDepthWise1D."""
+    if (node.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "VALID") or node.attr("output_shape"):
+        raise unsupported(node, "a transposed convolution with auto_pad or output_shape")
+    bottom = lw.blob(node.input(0), node)
+    group = int(node.attr("group", 1))
+    cin, cout_g, k = (int(d) for d in weight.shape)
+    out_c = cout_g * group
+    # ONNX [Cin, Cout/g, k] -> ncnn [g][Cout/g][Cin/g][k]
+    wt = weight.reshape(group, cin // group, cout_g, k).transpose(0, 2, 1, 3)
+    left, right = ints(node.attr("pads") or [0, 0])
+    bias = lw.const(node.input(2))
+    params: dict[int, ParamValue] = {0: out_c, 1: k, 2: ints(node.attr("dilations") or [1])[0],
+                                     3: ints(node.attr("strides") or [1])[0], 4: left, 15: right,
+                                     18: ints(node.attr("output_padding") or [0])[0], 5: int(bias is not None),
+                                     6: int(weight.size)}
+    type_ = "Deconvolution1D"
+    if group > 1:
+        type_ = "DeconvolutionDepthWise1D"
         params[7] = group
     weights = [Blob(np.ascontiguousarray(wt).astype(np.float32), tagged=True)]
     if bias is not None:

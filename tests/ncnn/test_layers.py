@@ -87,6 +87,21 @@ def test_conv1d(tmp_path, group, cout, act, attrs):
     assert err8 < 0.1 and [f[0] for f in param_layers(param8)] == layers
 
 
+@pytest.mark.parametrize("group,act,fused", [(1, None, True), (1, "Relu", True), (2, "Sigmoid", True),
+                                             (1, "HardSwish", False)])
+def test_conv_transpose1d(tmp_path, group, act, fused):
+    nodes = [N("ConvTranspose", ["x", "w", "b"], ["c"] if act else ["y"], strides=[2], pads=[1, 0],
+               output_padding=[1], group=group)]
+    if act:
+        nodes.append(N(act, ["c"], ["y"]))
+    consts = {"w": weights((4, 6 // group, 3)), "b": weights((6,), 1)}
+    err, param = compile_and_compare(make_model(nodes, {"x": (1, 4, 9)}, {"y": None}, consts, opset=18), tmp_path)
+    assert err < 1e-4
+    layers = [f[0] for f in param_layers(param)]
+    assert layers[1] == ("Deconvolution1D" if group == 1 else "DeconvolutionDepthWise1D")
+    assert len(layers) == (2 if fused else 3)  # ncnn's 1-D deconvolutions apply activation types 1-4 only
+
+
 @pytest.mark.parametrize("op,attrs", [
     ("MaxPool", {"kernel_shape": [3], "strides": [2], "ceil_mode": 1}),
     ("MaxPool", {"kernel_shape": [2], "pads": [1, 0]}),
