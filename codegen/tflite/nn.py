@@ -119,21 +119,25 @@ def conv_transpose(lw: Lowerer, node: Node) -> None:
     full = (shape[0], (shape[1] - 1) * sh + kh, (shape[2] - 1) * sw + kw, cout)
     out_v = node.outputs[0]
     out_shape = lw.shape(out_v)
+    pads = [int(p) for p in (node.attr("pads") or [0, 0, 0, 0])]
+    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", None):
+        total = [full[1] - out_shape[1], full[2] - out_shape[2]]
+        pads = [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
+    # ONNX's output is the full transposed convolution cropped by the begin pads, then cut to its size or,
+    # with output_padding, extended by rows and columns that only the bias reaches: TRANSPOSE_CONV makes
+    # those itself when its output_shape asks for them (less than a stride more, as ONNX allows).
+    begin = [0, pads[0], pads[1], 0]
+    full = (full[0], max(full[1], begin[1] + out_shape[1]), max(full[2], begin[2] + out_shape[2]), cout)
+    if full[1] - ((shape[1] - 1) * sh + kh) >= sh or full[2] - ((shape[2] - 1) * sw + kw) >= sw:
+        raise lw.unsupported(node, "output_padding of a stride or more")
     final = lw.define(out_v)
-    needs_crop = tuple(out_shape) != full
+    needs_crop = tuple(out_shape) != full or any(begin)
     raw = lw.new(out_v.name + "_full", full, np.float32) if needs_crop else final
     weights = lw.const(w.transpose(1, 2, 3, 0), node.inputs[1].name if node.inputs[1] is not None else "tconv_weights")
     bias = lw.const(lw.bias_data(node, 2, cout), node.inputs[2].name if node.input(2) is not None else "tconv_bias")
     lw.op("TRANSPOSE_CONV", [lw.ints(full, "output_shape"), weights, lw.value(xv), bias], [raw],
           {"padding": "VALID", "stride_h": sh, "stride_w": sw})
     if needs_crop:
-        pads = [int(p) for p in (node.attr("pads") or [0, 0, 0, 0])]
-        if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", None):
-            total = [full[1] - out_shape[1], full[2] - out_shape[2]]
-            pads = [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
-        begin = [0, pads[0], pads[1], 0]
-        if any(begin[i] + out_shape[i] > full[i] for i in range(4)):
-            raise lw.unsupported(node, "output_padding beyond the transposed convolution's full output")
         lw.op("SLICE", [raw, lw.ints(begin, "begin"), lw.ints(out_shape, "size")], [final])
 
 

@@ -103,6 +103,20 @@ def test_1d_network_in_full_int8(tmp_path: Path) -> None:
     assert _sqnr(run_ort(model, feed)[y], litert.run(path, feed)[y]) > 25
 
 
+@pytest.mark.parametrize("x_shape,attrs", [
+    ((1, 4, 3, 9), {"strides": [1, 2], "pads": [0, 1, 0, 0], "output_padding": [0, 1]}),  # crop, then a bias column
+    ((1, 4, 3, 9), {"strides": [1, 2], "output_padding": [0, 1]}),  # bias-only last column, no crop
+    ((1, 4, 3, 9), {"strides": [1, 2], "pads": [0, 1, 0, 1]}),
+    ((1, 4, 4, 5), {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}),
+    ((1, 4, 9), {"strides": [2], "pads": [1, 0], "output_padding": [1]}),  # 1-D, lifted
+])
+def test_conv_transpose_pads_and_output_padding(tmp_path: Path, x_shape: tuple, attrs: dict) -> None:
+    net = Net(x_shape)
+    kernel = (3,) * (len(x_shape) - 2)
+    y = net.node("ConvTranspose", ["x", net.w((4, 6, *kernel)), net.w((6,))], **attrs)
+    assert "TRANSPOSE_CONV" in _check(net, [y], tmp_path)
+
+
 def test_resize_convtranspose_concat(tmp_path: Path) -> None:
     net = Net((1, 4, 6, 6))
     t = net.node("ConvTranspose", ["x", net.w((4, 3, 3, 3)), net.w((3,))], kernel_shape=[3, 3], strides=[2, 2],
