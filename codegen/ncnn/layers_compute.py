@@ -170,6 +170,22 @@ def _explicit_pads(node: Node, in_hw: Shape, kernel: list[int], strides: list[in
     return pads
 
 
+def _grouped(type_: str, group: int, params: dict[int, ParamValue]) -> str:
+    """ncnn's layer type for ``group`` (Convolution1D -> ConvolutionDepthWise1D ...), with its group param."""
+    if group == 1:
+        return type_
+    params[7] = group
+    return type_.replace("olution", "olutionDepthWise", 1)
+
+
+def _weight_blobs(weight: np.ndarray, bias: np.ndarray | None, out_c: int) -> list[Blob]:
+    """The float weight (tagged: fp16 storage may apply) and the bias broadcast to ``out_c``."""
+    blobs = [Blob(np.ascontiguousarray(weight).astype(np.float32), tagged=True)]
+    if bias is not None:
+        blobs.append(Blob(np.broadcast_to(bias.reshape(-1), (out_c,)).astype(np.float32)))
+    return blobs
+
+
 def lower_conv(lw: Lowering, node: Node) -> None:
     x, w, b = node.input(0), node.input(1), node.input(2)
     weight = lw.const(w)
@@ -194,13 +210,8 @@ def lower_conv(lw: Lowering, node: Node) -> None:
     params: dict[int, ParamValue] = {0: out_c, 1: kw, 11: kh, 2: dil[1], 12: dil[0], 3: strides[1],
                                      13: strides[0], 4: pads[1], 15: pads[3], 14: pads[0], 16: pads[2],
                                      5: int(bias is not None), 6: int(weight.size)}
-    type_ = "Convolution"
-    if group > 1:
-        type_ = "ConvolutionDepthWise"
-        params[7] = group
-    weights: list[Blob] = [Blob(weight.astype(np.float32), tagged=True)]
-    if bias is not None:
-        weights.append(Blob(np.broadcast_to(bias.reshape(-1), (out_c,)).astype(np.float32)))
+    type_ = _grouped("Convolution", group, params)
+    weights = _weight_blobs(weight, bias, out_c)
     _conv_int8(lw, node, x, w, group, out_c, weight, params, weights)
     _emit_with_act(lw, node, type_, [bottom], params, weights)
 
@@ -235,14 +246,8 @@ def lower_conv1d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
     bias = lw.const(b)
     params: dict[int, ParamValue] = {0: out_c, 1: k, 2: dil, 3: stride, 4: left, 15: right,
                                      5: int(bias is not None), 6: int(weight.size)}
-    type_ = "Convolution1D"
-    if group > 1:
-        type_ = "ConvolutionDepthWise1D"
-        params[7] = group
-    weights: list[Blob] = [Blob(weight.astype(np.float32), tagged=True)]
-    if bias is not None:
-        weights.append(Blob(np.broadcast_to(bias.reshape(-1), (out_c,)).astype(np.float32)))
-    _emit_with_act(lw, node, type_, [bottom], params, weights)
+    _emit_with_act(lw, node, _grouped("Convolution1D", group, params), [bottom], params,
+                   _weight_blobs(weight, bias, out_c))
 
 
 def _conv_int8(lw: Lowering, node: Node, x: Value, w: Value | None, group: int, out_c: int,
@@ -315,14 +320,8 @@ def lower_conv_transpose(lw: Lowering, node: Node) -> None:
     params: dict[int, ParamValue] = {0: out_c, 1: kw, 11: kh, 2: dil[1], 12: dil[0], 3: strides[1],
                                      13: strides[0], 4: pads[1], 15: pads[3], 14: pads[0], 16: pads[2],
                                      5: int(bias is not None), 6: int(weight.size), 18: opad[1], 19: opad[0]}
-    type_ = "Deconvolution"
-    if group > 1:
-        type_ = "DeconvolutionDepthWise"
-        params[7] = group
-    weights = [Blob(np.ascontiguousarray(wt).astype(np.float32), tagged=True)]
-    if bias is not None:
-        weights.append(Blob(bias.reshape(-1).astype(np.float32)))
-    _emit_with_act(lw, node, type_, [bottom], params, weights)
+    _emit_with_act(lw, node, _grouped("Deconvolution", group, params), [bottom], params,
+                   _weight_blobs(wt, bias, out_c))
 
 
 def lower_conv_transpose1d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
@@ -341,14 +340,8 @@ def lower_conv_transpose1d(lw: Lowering, node: Node, weight: np.ndarray) -> None
                                      3: ints(node.attr("strides") or [1])[0], 4: left, 15: right,
                                      18: ints(node.attr("output_padding") or [0])[0], 5: int(bias is not None),
                                      6: int(weight.size)}
-    type_ = "Deconvolution1D"
-    if group > 1:
-        type_ = "DeconvolutionDepthWise1D"
-        params[7] = group
-    weights = [Blob(np.ascontiguousarray(wt).astype(np.float32), tagged=True)]
-    if bias is not None:
-        weights.append(Blob(bias.reshape(-1).astype(np.float32)))
-    _emit_with_act(lw, node, type_, [bottom], params, weights)
+    _emit_with_act(lw, node, _grouped("Deconvolution1D", group, params), [bottom], params,
+                   _weight_blobs(wt, bias, out_c))
 
 
 # ---------------------------------------------------------------------- gemm / matmul
