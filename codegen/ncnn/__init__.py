@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kiln.codegen.ncnn.excitation import vectorize_excitations
 from kiln.codegen.ncnn.legalize import count_blobs, insert_splits, legalize_pipeline
 from kiln.codegen.ncnn.lower import Lowered, Lowering
 from kiln.codegen.ncnn.param import param_binary, param_text
@@ -75,9 +76,11 @@ def precision_pipeline(int8: bool, fp16: bool, quantize_options: Mapping[str, An
 
 def lower(graph: Graph, options: Mapping[str, Any] | None = None) -> Lowered:
     """The graph as ncnn layers, Split layers included (no file written)."""
-    lowered = Lowering(graph, int8=bool((options or {}).get("int8"))).run()
+    lowering = Lowering(graph, int8=bool((options or {}).get("int8")))
+    lowered = lowering.run()
     if lowered.int8_layers:
         logger.info("ncnn: %d int8 Convolution/InnerProduct layers", lowered.int8_layers)
+    vectorize_excitations(lowered, lowering.nshape)
     insert_splits(lowered)
     lowered.blob_count = count_blobs(lowered.layers)
     return lowered

@@ -388,3 +388,38 @@ def test_attention_sdpa(tmp_path):
     model = make_model(nodes, inputs, {"y": None}, {"scale": np.float32(0.3)}, opset=17)
     err, param = compile_and_compare(model, tmp_path)
     assert err < 1e-5 and "SDPA" in param.read_text()
+
+
+def _se_block(gate: str = "Mul", extra_reader: bool = False, kernel: int = 1):
+    """x -> Conv -> [GlobalAveragePool -> 1x1 Conv + Relu -> 1x1 Conv -> HardSigmoid] -> gate with the map."""
+    pad = [kernel // 2] * 4
+    nodes = [N("Conv", ["x", "w0"], ["f"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             N("GlobalAveragePool", ["f"], ["p"]),
+             N("Conv", ["p", "w1", "b1"], ["r0"], kernel_shape=[kernel, kernel], pads=pad), N("Relu", ["r0"], ["r"]),
+             N("Conv", ["r", "w2", "b2"], ["e"], kernel_shape=[1, 1]), N("HardSigmoid", ["e"], ["s"]),
+             N(gate, ["f", "s"], ["y"])]
+    consts = {"w0": weights((8, 4, 3, 3)), "w1": weights((2, 8, kernel, kernel), 1), "b1": weights((2,), 2),
+              "w2": weights((8, 2, 1, 1), 3), "b2": weights((8,), 4)}
+    outputs = {"y": None}
+    if extra_reader:  # the pooled vector is also a graph output: it must keep ONNX's [C, 1, 1]
+        outputs["p"] = None
+    return make_model(nodes, X4, outputs, consts, opset=18)
+
+
+def test_squeeze_excitation_runs_on_vectors(tmp_path):
+    err, param = compile_and_compare(_se_block(), tmp_path)
+    assert err < 1e-5
+    layers = param_layers(param)
+    assert [f[0] for f in layers].count("InnerProduct") == 2 and "Convolution" in [f[0] for f in layers]
+    assert any(f[0] == "Pooling" and "4=1" in f for f in layers)  # global pooling: a 1-D [C] vector
+    err16, _ = compile_and_compare(_se_block(), tmp_path / "fp16", fp16=True)
+    assert err16 < 1e-2
+
+
+@pytest.mark.parametrize("case", ["sub", "output", "3x3"])
+def test_squeeze_excitation_near_misses_keep_convolutions(tmp_path, case):
+    model = {"sub": lambda: _se_block(gate="Sub"), "output": lambda: _se_block(extra_reader=True),
+             "3x3": lambda: _se_block(kernel=3)}[case]()
+    err, param = compile_and_compare(model, tmp_path)
+    assert err < 1e-5
+    assert "InnerProduct" not in [f[0] for f in param_layers(param)]
