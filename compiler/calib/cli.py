@@ -18,7 +18,7 @@ from kiln.calib.images import RESIZE_MODES, ImageOptions
 from kiln.errors import UsageError
 
 _DEFAULTS: dict[str, Any] = {"calibrator": "entropy", "percentile": DEFAULT_PERCENTILE, "skip_layers": (),
-                             "skip_ops": (), "keep_float": 0, "min_sqnr": 0.0, "sensitivity_samples": 8,
+                             "skip_ops": (), "keep_float": 0, "min_sqnr": 0.0, "sensitivity_samples": 8, "check_samples": 32,
                              "report": True}
 """The quantize options the command sets, with the pass's defaults (a default is left out of the pipeline)."""
 
@@ -50,8 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the fewest most costly layers in float that bring the int8 output SQNR, measured on "
                         "calibration samples, to DB (mixed precision; e.g. 25)")
     g.add_argument("--probe-samples", type=int, default=8, metavar="N",
-                   help="calibration samples that the int8 report, --keep-float and --min-sqnr measure on "
-                        "(default 8)")
+                   help="calibration samples for each layer's sensitivity (--keep-float, --min-sqnr) and the "
+                        "per-layer report (default 8)")
+    g.add_argument("--check-samples", type=int, default=32, metavar="N",
+                   help="calibration samples for the int8 output SQNR: --min-sqnr's target and the reported "
+                        "figure (default 32)")
     g.add_argument("--skip-layers", default="", metavar="A,B", help="layer (node) names to keep in float")
     g.add_argument("--skip-ops", default="", metavar="OP,OP", help="op types to keep in float, e.g. Softmax,Add")
     img = p.add_argument_group("calibration images")
@@ -109,7 +112,8 @@ def compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.calib_table is not None and not args.calib_table.lower().endswith(".json"):
         raise UsageError(f"--calib-table {args.calib_table}: expected a .calib.json written by kiln compile --int8")
     for flag, value in (("--calib-count", args.calib_count), ("--calib-batch", args.calib_batch),
-                        ("--calib-workers", args.calib_workers), ("--probe-samples", args.probe_samples)):
+                        ("--calib-workers", args.calib_workers), ("--probe-samples", args.probe_samples),
+                        ("--check-samples", args.check_samples)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} {value}: must be at least 1")
     if args.keep_float < 0:
@@ -147,6 +151,7 @@ def compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "keep_float": args.keep_float,
         "min_sqnr": args.min_sqnr,
         "sensitivity_samples": args.probe_samples,
+        "check_samples": args.check_samples,
     }
     return {"int8": True, "fp16": args.fp16, "calibration": calibration, "quantize_options": options}
 

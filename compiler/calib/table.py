@@ -87,6 +87,9 @@ class CalibrationResult:
     output_sqnr: float | None = None
     """The model's output SQNR (dB) with every quantized layer quantized, on the probe samples."""
     probe_samples: int = 0
+    """Calibration samples the output SQNR was measured on."""
+    layer_samples: int = 0
+    """Calibration samples the tensor and layer SQNRs (and the sensitivities) were measured on."""
     seconds: float = 0.0
     source: str | None = field(default=None, compare=False, repr=False)
     """The file the table was read from (for error messages; never written)."""
@@ -113,6 +116,7 @@ class CalibrationResult:
                        for name, li in self.layers.items()},
             "output_sqnr_db": None if self.output_sqnr is None else num(self.output_sqnr),
             "probe_samples": self.probe_samples,
+            "layer_samples": self.layer_samples,
             "sensitivity": {k: num(v) for k, v in self.sensitivity.items()},
             "kept_float": list(self.kept_float),
             "skipped": list(self.skipped),
@@ -128,8 +132,8 @@ class CalibrationResult:
         threshold, scale and SQNR of their quantized inputs.  Empty when nothing was measured (a reused table)."""
         if self.output_sqnr is None:
             return ""
-        lines = [f"int8 report ({self.calibrator} calibration, measured on {self.probe_samples} calibration "
-                 f"samples): output SQNR {self.output_sqnr:.1f} dB; {len(self.layers)} layers quantized"
+        lines = [f"int8 report ({self.calibrator} calibration): output SQNR {self.output_sqnr:.1f} dB on "
+                 f"{self.probe_samples} calibration samples; {len(self.layers)} layers quantized"
                  + (f", {len(self.kept_float)} kept in float" if self.kept_float else "")
                  + (f", {len(self.skipped)} skipped" if self.skipped else "")]
         worst = self.worst_layers(count)
@@ -146,7 +150,8 @@ class CalibrationResult:
                                  f"{self.tensor_sqnr.get(tensor, float('nan')):.1f}" if r else ""))
             head = ("layer", "op", "layer dB", "quantized input", "threshold", "scale", "input dB")
             widths = [min(max(len(row[i]) for row in [head, *rows]), _NAME_WIDTH) for i in range(len(head))]
-            lines.append(f"the {len(worst)} worst layers (their own output SQNR, on float inputs):")
+            lines.append(f"the {len(worst)} worst layers (their own output SQNR, on the float model's activations "
+                         f"for {self.layer_samples or self.probe_samples} samples):")
             for row in [head, *rows]:
                 cells = [_fit(c, w).ljust(w) if i in (0, 1, 3) else c.rjust(w)
                          for i, (c, w) in enumerate(zip(row, widths))]

@@ -75,7 +75,10 @@ class Quantize(Pass):
     min_sqnr: float = field(default=0.0, metadata={
         "doc": "keep the fewest most sensitive layers in float that bring the output SQNR (dB, on calibration "
                "samples) to this; 0: off"})
-    sensitivity_samples: int = field(default=8, metadata={"doc": "calibration samples the measurements use"})
+    sensitivity_samples: int = field(default=8, metadata={
+        "doc": "calibration samples for each layer's sensitivity and the per-layer report"})
+    check_samples: int = field(default=32, metadata={
+        "doc": "calibration samples for the output SQNR (min-sqnr's search and the reported figure)"})
     report: bool = field(default=True, metadata={
         "doc": "measure each tensor's and layer's SQNR and the output SQNR on calibration samples"})
     move: bool = field(default=True, metadata={"doc": "move Q/DQ through Reshape/Transpose/MaxPool/Relu where exact"})
@@ -119,7 +122,8 @@ class Quantize(Pass):
         changed = self.apply(graph, plan, ranges, result, ctx)
         if probe is not None and plan.layers:
             result.output_sqnr = probe.graph_sqnr(graph)
-            result.probe_samples = len(probe.feeds)
+            result.probe_samples = probe.check_samples
+            result.layer_samples = probe.samples
             _warn_if_poor(result, self.min_sqnr)
         result.seconds = time.perf_counter() - start
         ctx.extra["calibration"] = result
@@ -140,7 +144,8 @@ class Quantize(Pass):
                                  "enough")
             return None
         purpose = "keep-float" if self.keep_float else "min-sqnr" if self.min_sqnr else "the int8 report"
-        return QuantProbe(graph, ranges, ctx.calibration, self.sensitivity_samples, purpose)
+        return QuantProbe(graph, ranges, ctx.calibration, self.sensitivity_samples, purpose,
+                          check_samples=max(self.check_samples, self.sensitivity_samples))
 
     # ---- calibration
 

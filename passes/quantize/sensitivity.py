@@ -59,44 +59,44 @@ class QuantProbe:
     """The float model and ``samples`` calibration samples, ready to measure quantized variants of it."""
 
     def __init__(self, graph: Graph, ranges: dict[str, TensorRange], calibration: Any, samples: int = 8,
-                 purpose: str = "keep-float") -> None:
+                 purpose: str = "keep-float", check_samples: int | None = None) -> None:
         import onnx
         from kiln.calib import CalibrationConfig
         from kiln.exporter import to_onnx
 
         if not isinstance(calibration, CalibrationConfig):
             raise UsageError(f"{purpose} measures layers on calibration data; a calibration table is not enough")
-        specs = input_specs(graph)
-        source = calibration.source(specs)
-        indices = select(source, calibration.count, calibration.seed)
-        if indices is not None:
-            indices = indices[: max(1, samples)]
-        batch = batch_size_for(specs, calibration.batch_size)
-        static = any(s.batch is not None for s in specs)
-        self.feeds = [f for f, _ in iter_batches(iter_samples(source, indices, samples), specs, batch,
-                                                  static_batch=static)]
-        if not self.feeds:
-            raise UsageError(f"{purpose}: the calibration data gave no samples")
         self.progress = calibration.progress
         self.ranges = ranges
         self._onnx = onnx
         self.base = to_onnx(graph)
         self.outputs = [o.name for o in self.base.graph.output]
+        self.feeds, self.samples = _feeds(graph, calibration, samples)
+        if not self.feeds:
+            raise UsageError(f"{purpose}: the calibration data gave no samples")
         self.reference = self._run(self.base, self.outputs)
+        if check_samples is not None and check_samples > samples:
+            self.check_feeds, self.check_samples = _feeds(graph, calibration, check_samples)
+            self.check_reference = self._run(self.base, self.outputs, self.check_feeds)
+        else:
+            self.check_feeds, self.check_samples, self.check_reference = self.feeds, self.samples, self.reference
 
     # ---- measurements
 
-    def output_sqnr(self, layers: Iterable[Layer]) -> float:
-        """Output SQNR (dB, all outputs and samples) with ``layers`` quantized and the rest float."""
+    def output_sqnr(self, layers: Iterable[Layer], check: bool = False) -> float:
+        """Output SQNR (dB, all outputs and samples) with ``layers`` quantized and the rest float; ``check``: on
+        the check samples."""
         model = self._copy()
         _patch(model, list(layers), self.ranges)
+        if check:
+            return sqnr_db(self.check_reference, self._run(model, self.outputs, self.check_feeds))
         return sqnr_db(self.reference, self._run(model, self.outputs))
 
     def graph_sqnr(self, graph: Graph) -> float:
-        """Output SQNR of ``graph`` (the quantized model itself, on the same inputs) against the float model."""
+        """Output SQNR of ``graph`` (the quantized model itself) against the float model, on the check samples."""
         from kiln.exporter import to_onnx
 
-        return sqnr_db(self.reference, self._run(to_onnx(graph), self.outputs))
+        return sqnr_db(self.check_reference, self._run(to_onnx(graph), self.outputs, self.check_feeds))
 
     def sensitivity(self, layers: Sequence[Layer]) -> dict[str, float]:
         """Layer name -> output SQNR with only that layer quantized."""
@@ -116,7 +116,7 @@ class QuantProbe:
         def cost(quantized: set[int]) -> float:  # lower is better, as fewest_sensitive wants
             if len(quantized) == 1:  # "only this one quantized": measured already
                 return -sensitivity[layers[next(iter(quantized))].name]
-            return -self.output_sqnr(layers[i] for i in sorted(quantized))
+            return -self.output_sqnr((layers[i] for i in sorted(quantized)), check=True)
 
         kept = fewest_sensitive(range(len(layers)), cost, budget=-target_db)
         return [layer.name for i, layer in enumerate(layers) if i in kept]
@@ -181,16 +181,34 @@ class QuantProbe:
         model.CopyFrom(self.base)
         return model
 
-    def _run(self, model: Any, outputs: list[str]) -> list[np.ndarray]:
+    def _run(self, model: Any, outputs: list[str], feeds: list[dict[str, np.ndarray]] | None = None
+             ) -> list[np.ndarray]:
         got: list[np.ndarray] = []
-        for result in self._run_each(model, outputs):
+        for result in self._run_each(model, outputs, feeds=feeds):
             got.extend(result)
         return got
 
-    def _run_each(self, model: Any, outputs: list[str], basic: bool = False) -> Iterable[list[np.ndarray]]:
+    def _run_each(self, model: Any, outputs: list[str], basic: bool = False,
+                  feeds: list[dict[str, np.ndarray]] | None = None) -> Iterable[list[np.ndarray]]:
         session = make_session(model.SerializeToString(), basic=basic)
-        for feed in self.feeds:
+        for feed in self.feeds if feeds is None else feeds:
             yield session.run(outputs, feed)
+
+
+def _feeds(graph: Graph, calibration: Any, samples: int) -> tuple[list[dict[str, np.ndarray]], int]:
+    """The model's batches of the first ``samples`` samples of the calibration subsample, and their count."""
+    specs = input_specs(graph)
+    source = calibration.source(specs)
+    indices = select(source, calibration.count, calibration.seed)
+    if indices is not None:
+        indices = indices[: max(1, samples)]
+    batch = batch_size_for(specs, calibration.batch_size)
+    static = any(s.batch is not None for s in specs)
+    feeds, count = [], 0
+    for feed, n in iter_batches(iter_samples(source, indices, samples), specs, batch, static_batch=static):
+        feeds.append(feed)
+        count += n
+    return feeds, count
 
 
 def layer_sensitivity(graph: Graph, plan: Plan, ranges: dict[str, TensorRange], calibration: Any,
