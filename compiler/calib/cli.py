@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibration samples for each layer's sensitivity (--keep-float, --min-sqnr) and the "
                         "per-layer report (default 8)")
     g.add_argument("--check-samples", type=int, default=32, metavar="N",
-                   help="calibration samples for the int8 output SQNR: --min-sqnr's target and the reported "
-                        "figure (default 32)")
+                   help="with --min-sqnr: calibration samples for the int8 output SQNR, its target and the "
+                        "reported figure (default 32; otherwise the report uses --probe-samples)")
     g.add_argument("--skip-layers", default="", metavar="A,B", help="layer (node) names to keep in float")
     g.add_argument("--skip-ops", default="", metavar="OP,OP", help="op types to keep in float, e.g. Softmax,Add")
     img = p.add_argument_group("calibration images")
