@@ -103,8 +103,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"(TensorRT's KL search). Measured: {args.test} other images of the same generator, each artifact on its "
         "own runtime (onnxruntime for the Q/DQ ONNX, ncnn, LiteRT) against onnxruntime on the float model. "
         "*SQNR* is over all held-out images together; *median* is the median of the per-image SQNR; *argmax*: "
-        "agreement of the class (recognizer: per time step); *calib SQNR*: what kiln's int8 report measured on 8 "
-        "calibration samples."),
+        "agreement of the class (recognizer: per time step); *calib SQNR*: the output SQNR kiln's int8 report "
+        "measured on calibration samples (8; 32 with --min-sqnr, `--check-samples`)."),
         "",
         "| model | calibration | target | SQNR dB | median dB | argmax | float layers | calib SQNR dB | compile s |",
         "|---|---|---|---|---|---|---|---|---|",
