@@ -118,10 +118,10 @@ class Quantize(Pass):
                 logger.warning("int8: %s keeps all %d layers in float: nothing is quantized",
                                f"--min-sqnr {self.min_sqnr:g}" if self.min_sqnr else f"--keep-float {self.keep_float}",
                                len(keep))
-        if probe is not None and plan.layers:
+        if probe is not None and plan.layers and self.report:
             result.tensor_sqnr, result.layer_sqnr = probe.local_errors(plan)
         changed = self.apply(graph, plan, ranges, result, ctx)
-        if probe is not None and plan.layers:
+        if probe is not None and plan.layers and (self.report or self.min_sqnr):
             result.output_sqnr = probe.graph_sqnr(graph)
             result.probe_samples = probe.check_samples
             result.layer_samples = probe.samples

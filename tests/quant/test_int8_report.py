@@ -183,3 +183,5 @@ def test_pipeline_text_of_the_command_options():
         "quantize{report=false min-sqnr=25.0}"
     _, result = quantized(quantize_step({"report": False}))
     assert result.output_sqnr is None and result.layer_sqnr == {}
+    _, result = quantized(quantize_step({"report": False, "keep_float": 1}))  # measures sensitivities only
+    assert len(result.kept_float) == 1 and result.output_sqnr is None and result.layer_sqnr == {}
