@@ -92,6 +92,14 @@ def lift(graph: Graph, node: Node) -> bool:
         if lifted_weight is None:
             return False
         inputs[1] = lifted_weight
+    if node.op in ("ConvAct", "ConvTransposeAct") and len(inputs) > 3 and inputs[3] is not None:
+        # A PRelu slope broadcasts from the right: [C, 1] over [N, C, W] must become [C, 1, 1] over [N, C, 1, W].
+        slope = inputs[3]
+        if slope.const is None:
+            return False
+        data = slope.numpy()
+        if data.ndim >= 2:
+            inputs[3] = graph.add_constant(f"{slope.name}_2d", data.reshape(*data.shape[:-1], 1, data.shape[-1]))
     n, c, width = in_shape
     inputs[0] = b.Reshape(x, b.const(np.array([n, c, 1, width], dtype=np.int64), "lift_shape"))
     lifted = b.op(node.op, *inputs, _domain=node.domain, _name=node.name, **_lifted_attrs(node))

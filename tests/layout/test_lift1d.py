@@ -75,3 +75,11 @@ def test_dynamic_width_and_2d_ops_are_left_alone():
     graph = kiln.load(dynamic.model(z))
     kiln.optimize(graph, pipeline="lift-1d")
     assert _spatial_ranks(graph) == [1]
+
+
+def test_fused_prelu_slope_broadcasts_over_the_new_height():
+    net = Net((1, 4, 12))
+    c = net.node("Conv", ["x", net.w((6, 4, 3)), net.w((6,))], kernel_shape=[3], pads=[1, 1])
+    y = net.node("PRelu", [c, net.const(np.abs(np.random.default_rng(3).standard_normal((6, 1))).astype(np.float32))])
+    graph = _lifted(net, [y], pipeline="target-fusions,lift-1d,remove-noops,dce")
+    assert [n.op for n in graph].count("ConvAct") == 1 and _spatial_ranks(graph) == [2]
