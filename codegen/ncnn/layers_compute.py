@@ -193,8 +193,10 @@ def lower_conv(lw: Lowering, node: Node) -> None:
         raise unsupported(node, "a convolution whose weight is not a constant")
     if weight.ndim == 3:
         return lower_conv1d(lw, node, weight)
+    if weight.ndim == 5:
+        return lower_conv3d(lw, node, weight)
     if weight.ndim != 4:
-        raise unsupported(node, f"a {weight.ndim - 2}-D convolution (ncnn target lowers 1-D and 2-D ones)")
+        raise unsupported(node, f"a {weight.ndim - 2}-D convolution (ncnn target lowers 1-D to 3-D ones)")
     assert x is not None
     bottom = lw.blob(x, node)
     in_shape = lw.nshape[bottom]
@@ -247,6 +249,42 @@ def lower_conv1d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
     params: dict[int, ParamValue] = {0: out_c, 1: k, 2: dil, 3: stride, 4: left, 15: right,
                                      5: int(bias is not None), 6: int(weight.size)}
     _emit_with_act(lw, node, _grouped("Convolution1D", group, params), [bottom], params,
+                   _weight_blobs(weight, bias, out_c))
+
+
+def _explicit_pads_3d(node: Node, dhw: Shape, kernel: list[int], strides: list[int], dil: list[int]) -> list[int]:
+    """ONNX pads [front, top, left, behind, bottom, right] of a 3-D conv, auto_pad resolved from static dims."""
+    auto = node.attr("auto_pad", "NOTSET") or "NOTSET"
+    if auto == "NOTSET":
+        return ints(node.attr("pads") or [0] * 6)
+    if auto == "VALID":
+        return [0] * 6
+    pads = [0] * 6
+    for i in range(3):
+        total = max(0, (-(-dhw[i] // strides[i]) - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - dhw[i])
+        small, big = total // 2, total - total // 2
+        pads[i], pads[i + 3] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    return pads
+
+
+def lower_conv3d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
+    """ONNX Conv over [N, C, D, H, W] -> ncnn Convolution3D / ConvolutionDepthWise3D on the [C, D, H, W] blob.
+
+    ncnn has no int8 3-D convolution: a quantized one runs in float."""
+    bottom = lw.blob(node.input(0), node)
+    in_shape = lw.nshape[bottom]
+    if len(in_shape) != 4:
+        raise unsupported(node, f"a 3-D convolution of a {len(in_shape)}-D blob")
+    out_c, _, kd, kh, kw = (int(d) for d in weight.shape)
+    strides = ints(node.attr("strides") or [1, 1, 1])
+    dil = ints(node.attr("dilations") or [1, 1, 1])
+    pads = _explicit_pads_3d(node, in_shape[1:], [kd, kh, kw], strides, dil)
+    bias = lw.const(node.input(2))
+    params: dict[int, ParamValue] = {0: out_c, 1: kw, 11: kh, 21: kd, 2: dil[2], 12: dil[1], 22: dil[0],
+                                     3: strides[2], 13: strides[1], 23: strides[0], 4: pads[2], 15: pads[5],
+                                     14: pads[1], 16: pads[4], 24: pads[0], 17: pads[3],
+                                     5: int(bias is not None), 6: int(weight.size)}
+    _emit_with_act(lw, node, _grouped("Convolution3D", int(node.attr("group", 1)), params), [bottom], params,
                    _weight_blobs(weight, bias, out_c))
 
 
@@ -561,8 +599,10 @@ def lower_pool(lw: Lowering, node: Node) -> None:
     in_shape = lw.nshape[bottom]
     if len(in_shape) == 2:
         return lower_pool1d(lw, node)
+    if len(in_shape) == 4:
+        return lower_pool3d(lw, node)
     if len(in_shape) != 3:
-        raise unsupported(node, f"pooling a {len(in_shape)}-D blob (ncnn pools 1-D and 2-D ones)")
+        raise unsupported(node, f"pooling a {len(in_shape)}-D blob (ncnn pools 1-D to 3-D ones)")
     kind = 0 if "Max" in node.op else 1
     if node.op.startswith("Global"):
         # Adaptive 1x1 keeps the [C, 1, 1] shape ONNX has (global pooling would flatten to [C]).
@@ -609,6 +649,31 @@ def lower_pool1d(lw: Lowering, node: Node) -> None:
     if kind == 1:
         params[6] = int(node.attr("count_include_pad", 0))
     lw.add("Pooling1D", lw.layer_name(node), [bottom], [lw.bind(out, node, lw.shape_of(out, node))], params)
+
+
+def lower_pool3d(lw: Lowering, node: Node) -> None:
+    """Pooling over [N, C, D, H, W] -> ncnn Pooling3D on the [C, D, H, W] blob."""
+    bottom = lw.blob(node.input(0), node)
+    dhw = lw.nshape[bottom][1:]
+    out = node.outputs[0]
+    kind = 0 if "Max" in node.op else 1
+    if node.op.startswith("Global"):  # adaptive to 1x1x1 keeps ONNX's [C, 1, 1, 1]
+        params: dict[int, ParamValue] = {0: kind, 7: 1, 8: 1, 18: 1, 28: 1}
+        lw.add("Pooling3D", lw.layer_name(node), [bottom], [lw.bind(out, node)], params)
+        return
+    if len(node.outputs) > 1 and node.outputs[1].uses:
+        raise unsupported(node, "MaxPool's Indices output")
+    kernel = ints(node.attr("kernel_shape"))
+    strides = ints(node.attr("strides") or [1, 1, 1])
+    if ints(node.attr("dilations") or [1, 1, 1]) != [1, 1, 1]:
+        raise unsupported(node, "dilated pooling")
+    pads = _explicit_pads_3d(node, dhw, kernel, strides, [1, 1, 1])
+    params = {0: kind, 1: kernel[2], 11: kernel[1], 21: kernel[0], 2: strides[2], 12: strides[1], 22: strides[0],
+              3: pads[2], 14: pads[5], 13: pads[1], 15: pads[4], 23: pads[0], 16: pads[3],
+              5: 0 if int(node.attr("ceil_mode", 0)) else 1}
+    if kind == 1:
+        params[6] = int(node.attr("count_include_pad", 0))
+    lw.add("Pooling3D", lw.layer_name(node), [bottom], [lw.bind(out, node, lw.shape_of(out, node))], params)
 
 
 def lower_batchnorm(lw: Lowering, node: Node) -> None:

@@ -117,12 +117,45 @@ def test_pool1d(tmp_path, op, attrs):
     assert err < 1e-5 and [f[0] for f in param_layers(param)] == ["Input", "Pooling1D"]
 
 
-def test_conv3d_is_refused_naming_the_node(tmp_path):
+@pytest.mark.parametrize("group,cout,act,attrs", [
+    (1, 6, None, {"kernel_shape": [3, 3, 3], "pads": [1, 1, 1, 1, 1, 1]}),
+    (1, 6, "Relu", {"kernel_shape": [3, 2, 3], "pads": [1, 0, 2, 0, 1, 1], "strides": [2, 1, 2]}),
+    (1, 6, None, {"kernel_shape": [2, 3, 1], "dilations": [1, 2, 1]}),
+    (4, 4, "Sigmoid", {"kernel_shape": [3, 3, 3], "pads": [1, 1, 1, 1, 1, 1]}),
+    (1, 6, None, {"kernel_shape": [3, 3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 2, 1]}),
+])
+def test_conv3d(tmp_path, group, cout, act, attrs):
+    nodes = [N("Conv", ["x", "w", "b"], ["c"] if act else ["y"], group=group, **attrs)]
+    if act:
+        nodes.append(N(act, ["c"], ["y"]))
+    consts = {"w": weights((cout, 4 // group, *attrs["kernel_shape"])), "b": weights((cout,), 1)}
+    err, param = compile_and_compare(make_model(nodes, {"x": (1, 4, 5, 6, 7)}, {"y": None}, consts, opset=18),
+                                     tmp_path)
+    assert err < 1e-5
+    assert [f[0] for f in param_layers(param)] == ["Input", "Convolution3D" if group == 1 else "ConvolutionDepthWise3D"]
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", {"kernel_shape": [2, 3, 2], "strides": [2, 2, 1]}),
+    ("MaxPool", {"kernel_shape": [3, 3, 3], "strides": [2, 2, 2], "ceil_mode": 1}),
+    ("AveragePool", {"kernel_shape": [3, 2, 3], "pads": [1, 0, 1, 1, 1, 0], "count_include_pad": 0}),
+    ("AveragePool", {"kernel_shape": [3, 3, 3], "pads": [1, 1, 1, 1, 1, 1], "strides": [2, 1, 2],
+                     "count_include_pad": 1}),
+    ("GlobalAveragePool", {}),
+    ("GlobalMaxPool", {}),
+])
+def test_pool3d(tmp_path, op, attrs):
+    model = make_model([N(op, ["x"], ["y"], **attrs)], {"x": (1, 4, 5, 6, 7)}, {"y": None}, opset=18)
+    err, param = compile_and_compare(model, tmp_path)
+    assert err < 1e-5 and [f[0] for f in param_layers(param)] == ["Input", "Pooling3D"]
+
+
+def test_conv_transpose3d_is_refused_naming_the_node(tmp_path):
     from kiln.errors import KilnError
 
-    node = N("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1, 1], name="vol")
-    model = make_model([node], {"x": (1, 4, 2, 3, 3)}, {"y": None}, {"w": weights((2, 4, 1, 1, 1))})
-    with pytest.raises(KilnError, match="vol.*3-D convolution"):
+    node = N("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[1, 1, 1], name="vol")
+    model = make_model([node], {"x": (1, 4, 2, 3, 3)}, {"y": None}, {"w": weights((4, 2, 1, 1, 1))})
+    with pytest.raises(KilnError, match="vol.*transposed convolution"):
         compile_and_compare(model, tmp_path)
 
 
