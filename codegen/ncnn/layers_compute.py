@@ -340,8 +340,10 @@ def lower_conv_transpose(lw: Lowering, node: Node) -> None:
     weight = lw.const(w)
     if weight is not None and weight.ndim == 3:
         return lower_conv_transpose1d(lw, node, weight)
+    if weight is not None and weight.ndim == 5:
+        return lower_conv_transpose3d(lw, node, weight)
     if weight is None or weight.ndim != 4:
-        raise unsupported(node, "a transposed convolution without a constant 1-D or 2-D weight")
+        raise unsupported(node, "a transposed convolution without a constant 1-D, 2-D or 3-D weight")
     if (node.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "VALID") or node.attr("output_shape"):
         raise unsupported(node, "a transposed convolution with auto_pad or output_shape")
     bottom = lw.blob(x, node)
@@ -379,6 +381,29 @@ def lower_conv_transpose1d(lw: Lowering, node: Node, weight: np.ndarray) -> None
                                      18: ints(node.attr("output_padding") or [0])[0], 5: int(bias is not None),
                                      6: int(weight.size)}
     _emit_with_act(lw, node, _grouped("Deconvolution1D", group, params), [bottom], params,
+                   _weight_blobs(wt, bias, out_c))
+
+
+def lower_conv_transpose3d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
+    """ONNX ConvTranspose over [N, C, D, H, W] -> ncnn Deconvolution3D / DeconvolutionDepthWise3D."""
+    if (node.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "VALID") or node.attr("output_shape"):
+        raise unsupported(node, "a transposed convolution with auto_pad or output_shape")
+    bottom = lw.blob(node.input(0), node)
+    group = int(node.attr("group", 1))
+    cin, cout_g, kd, kh, kw = (int(d) for d in weight.shape)
+    out_c = cout_g * group
+    # ONNX [Cin, Cout/g, kd, kh, kw] -> ncnn [g][Cout/g][Cin/g][kd][kh][kw]
+    wt = weight.reshape(group, cin // group, cout_g, kd, kh, kw).transpose(0, 2, 1, 3, 4, 5)
+    strides = ints(node.attr("strides") or [1, 1, 1])
+    dil = ints(node.attr("dilations") or [1, 1, 1])
+    pads = ints(node.attr("pads") or [0] * 6)
+    opad = ints(node.attr("output_padding") or [0, 0, 0])
+    bias = lw.const(node.input(2))
+    params: dict[int, ParamValue] = {0: out_c, 1: kw, 11: kh, 21: kd, 2: dil[2], 12: dil[1], 22: dil[0],
+                                     3: strides[2], 13: strides[1], 23: strides[0], 4: pads[2], 15: pads[5],
+                                     14: pads[1], 16: pads[4], 24: pads[0], 17: pads[3], 18: opad[2],
+                                     19: opad[1], 20: opad[0], 5: int(bias is not None), 6: int(weight.size)}
+    _emit_with_act(lw, node, _grouped("Deconvolution3D", group, params), [bottom], params,
                    _weight_blobs(wt, bias, out_c))
 
 

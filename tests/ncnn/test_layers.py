@@ -150,12 +150,33 @@ def test_pool3d(tmp_path, op, attrs):
     assert err < 1e-5 and [f[0] for f in param_layers(param)] == ["Input", "Pooling3D"]
 
 
-def test_conv_transpose3d_is_refused_naming_the_node(tmp_path):
+@pytest.mark.parametrize("group,act,attrs", [
+    (1, None, {"kernel_shape": [3, 3, 3], "strides": [2, 2, 2]}),
+    (1, "HardSwish", {"kernel_shape": [3, 2, 3], "strides": [2, 1, 2], "pads": [1, 0, 1, 0, 0, 1],
+                      "output_padding": [1, 0, 1]}),
+    (2, None, {"kernel_shape": [2, 3, 2], "strides": [1, 2, 2], "pads": [0, 1, 0, 0, 1, 1],
+               "output_padding": [0, 1, 1]}),
+    (1, "Mish", {"kernel_shape": [3, 3, 3], "dilations": [2, 1, 1], "strides": [1, 1, 2], "output_padding": [0, 0, 1]}),
+])
+def test_conv_transpose3d(tmp_path, group, act, attrs):
+    nodes = [N("ConvTranspose", ["x", "w", "b"], ["c"] if act else ["y"], group=group, **attrs)]
+    if act:
+        nodes.append(N(act, ["c"], ["y"]))
+    consts = {"w": weights((4, 6 // group, *attrs["kernel_shape"])), "b": weights((6,), 1)}
+    err, param = compile_and_compare(make_model(nodes, {"x": (1, 4, 3, 4, 5)}, {"y": None}, consts, opset=18),
+                                     tmp_path)
+    assert err < 1e-5
+    expect = "Deconvolution3D" if group == 1 else "DeconvolutionDepthWise3D"
+    assert [f[0] for f in param_layers(param)] == ["Input", expect]  # activations fused (3-D takes all types)
+
+
+def test_conv_transpose3d_with_output_shape_is_refused_naming_the_node(tmp_path):
     from kiln.errors import KilnError
 
-    node = N("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[1, 1, 1], name="vol")
+    node = N("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[1, 1, 1], strides=[2, 2, 2],
+             output_shape=[4, 6, 6], name="vol")
     model = make_model([node], {"x": (1, 4, 2, 3, 3)}, {"y": None}, {"w": weights((4, 2, 1, 1, 1))})
-    with pytest.raises(KilnError, match="vol.*transposed convolution"):
+    with pytest.raises(KilnError, match="vol.*output_shape"):
         compile_and_compare(model, tmp_path)
 
 
