@@ -6,6 +6,8 @@ appends ncnn layers; shapes are ncnn's (batch dropped), see :mod:`kiln.codegen.n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from kiln.codegen.ncnn.lower import Lowering, Shape, ints, unsupported
 from kiln.codegen.ncnn.param import ParamValue
@@ -154,20 +156,45 @@ def _ncnn_scales(scale: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- convolution
 
 
-def _explicit_pads(node: Node, in_hw: Shape, kernel: list[int], strides: list[int], dil: list[int]) -> list[int]:
-    """ONNX pads [top, left, bottom, right], auto_pad resolved from static shapes."""
+# ncnn's param ids of the spatial attributes, per axis from the innermost (w, then h, then d); the 1-D, 2-D and
+# 3-D layers of a family share them (Convolution1D/Convolution/Convolution3D, Deconvolution*, Pooling*).
+_CONV_KEYS: dict[str, tuple[int, ...]] = {"kernel": (1, 11, 21), "dilation": (2, 12, 22), "stride": (3, 13, 23), "pad_begin": (4, 14, 24),
+              "pad_end": (15, 16, 17), "output_pad": (18, 19, 20)}
+_POOL_KEYS: dict[str, tuple[int, ...]] = {"kernel": (1, 11, 21), "stride": (2, 12, 22), "pad_begin": (3, 13, 23), "pad_end": (14, 15, 16),
+              "out": (8, 18, 28)}
+_RANK_SUFFIX = {1: "1D", 2: "", 3: "3D"}
+
+
+def _spatial_params(keys: Mapping[str, tuple[int, ...]], **values: list[int]) -> dict[int, ParamValue]:
+    """``values`` per attribute in ONNX axis order (d, h, w), as ncnn param ids (``keys``, w first)."""
+    params: dict[int, ParamValue] = {}
+    for name, axes in values.items():
+        params.update(zip(keys[name], (int(v) for v in reversed(axes))))
+    return params
+
+
+def _explicit_pads(node: Node, spatial: Shape, kernel: list[int], strides: list[int], dil: list[int]) -> list[int]:
+    """ONNX pads [begins..., ends...] of a conv or pool of any rank, auto_pad resolved from static shapes."""
+    rank = len(spatial)
     auto = node.attr("auto_pad", "NOTSET") or "NOTSET"
-    if auto in ("NOTSET", "VALID"):
-        pads = ints(node.attr("pads") or [0] * 4) if auto == "NOTSET" else [0, 0, 0, 0]
+    if auto == "NOTSET":
+        return ints(node.attr("pads") or [0] * (2 * rank))
+    pads = [0] * (2 * rank)
+    if auto == "VALID":
         return pads
-    pads = [0, 0, 0, 0]
-    for i in range(2):
-        out = -(-in_hw[i] // strides[i])
-        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - in_hw[i])
-        small = total // 2
-        big = total - small
-        pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    for i in range(rank):
+        out = -(-spatial[i] // strides[i])
+        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - spatial[i])
+        small, big = total // 2, total - total // 2
+        pads[i], pads[i + rank] = (small, big) if auto == "SAME_UPPER" else (big, small)
     return pads
+
+
+def _spatial_rank(lw: Lowering, node: Node, bottom: str, rank: int, what: str) -> None:
+    if rank not in _RANK_SUFFIX:
+        raise unsupported(node, f"a {rank}-D {what} (ncnn has 1-D, 2-D and 3-D ones)")
+    if len(lw.nshape[bottom]) != rank + 1:
+        raise unsupported(node, f"a {rank}-D {what} of a {len(lw.nshape[bottom])}-D blob")
 
 
 def _grouped(type_: str, group: int, params: dict[int, ParamValue]) -> str:
@@ -187,105 +214,33 @@ def _weight_blobs(weight: np.ndarray, bias: np.ndarray | None, out_c: int) -> li
 
 
 def lower_conv(lw: Lowering, node: Node) -> None:
+    """Conv over [N, C, *spatial] -> ncnn Convolution[DepthWise] (1D, 2-D or 3D) on the [C, *spatial] blob.
+
+    ncnn has int8 forms of the 2-D layers only: a quantized 1-D or 3-D convolution runs in float (its Q/DQ
+    pairs are looked through)."""
     x, w, b = node.input(0), node.input(1), node.input(2)
     weight = lw.const(w)
     if weight is None:
         raise unsupported(node, "a convolution whose weight is not a constant")
-    if weight.ndim == 3:
-        return lower_conv1d(lw, node, weight)
-    if weight.ndim == 5:
-        return lower_conv3d(lw, node, weight)
-    if weight.ndim != 4:
-        raise unsupported(node, f"a {weight.ndim - 2}-D convolution (ncnn target lowers 1-D to 3-D ones)")
     assert x is not None
     bottom = lw.blob(x, node)
-    in_shape = lw.nshape[bottom]
-    if len(in_shape) != 3:
-        raise unsupported(node, f"a convolution of a {len(in_shape)}-D blob")
-    out_c, _, kh, kw = (int(d) for d in weight.shape)
+    rank = weight.ndim - 2
+    _spatial_rank(lw, node, bottom, rank, "convolution")
+    out_c = int(weight.shape[0])
     group = int(node.attr("group", 1))
-    strides = ints(node.attr("strides") or [1, 1])
-    dil = ints(node.attr("dilations") or [1, 1])
-    kernel = [kh, kw]
-    pads = _explicit_pads(node, in_shape[1:], kernel, strides, dil)
+    kernel = [int(k) for k in weight.shape[2:]]
+    strides = ints(node.attr("strides") or [1] * rank)
+    dil = ints(node.attr("dilations") or [1] * rank)
+    pads = _explicit_pads(node, lw.nshape[bottom][1:], kernel, strides, dil)
     bias = lw.const(b)
-    params: dict[int, ParamValue] = {0: out_c, 1: kw, 11: kh, 2: dil[1], 12: dil[0], 3: strides[1],
-                                     13: strides[0], 4: pads[1], 15: pads[3], 14: pads[0], 16: pads[2],
-                                     5: int(bias is not None), 6: int(weight.size)}
-    type_ = _grouped("Convolution", group, params)
+    params = {0: out_c, 5: int(bias is not None), 6: int(weight.size),
+              **_spatial_params(_CONV_KEYS, kernel=kernel, dilation=dil, stride=strides, pad_begin=pads[:rank],
+                                pad_end=pads[rank:])}
+    type_ = _grouped("Convolution" + _RANK_SUFFIX[rank], group, params)
     weights = _weight_blobs(weight, bias, out_c)
-    _conv_int8(lw, node, x, w, group, out_c, weight, params, weights)
+    if rank == 2:
+        _conv_int8(lw, node, x, w, group, out_c, weight, params, weights)
     _emit_with_act(lw, node, type_, [bottom], params, weights)
-
-
-def _explicit_pads_1d(node: Node, width: int, kernel: int, stride: int, dil: int) -> tuple[int, int]:
-    """ONNX pads [left, right] of a 1-D conv or pool, auto_pad resolved from the static width."""
-    auto = node.attr("auto_pad", "NOTSET") or "NOTSET"
-    if auto == "NOTSET":
-        left, right = ints(node.attr("pads") or [0, 0])
-        return left, right
-    if auto == "VALID":
-        return 0, 0
-    total = max(0, (-(-width // stride) - 1) * stride + (kernel - 1) * dil + 1 - width)
-    return (total // 2, total - total // 2) if auto == "SAME_UPPER" else (total - total // 2, total // 2)
-
-
-def lower_conv1d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
-    """ONNX Conv over [N, C, W] -> ncnn Convolution1D / ConvolutionDepthWise1D on the [C, W] blob (h = channels).
-
-    ncnn has no int8 1-D convolution: a quantized one runs in float (its Q/DQ pairs fold away)."""
-    x, b = node.input(0), node.input(2)
-    assert x is not None
-    bottom = lw.blob(x, node)
-    in_shape = lw.nshape[bottom]
-    if len(in_shape) != 2:
-        raise unsupported(node, f"a 1-D convolution of a {len(in_shape)}-D blob")
-    out_c, _, k = (int(d) for d in weight.shape)
-    group = int(node.attr("group", 1))
-    stride = ints(node.attr("strides") or [1])[0]
-    dil = ints(node.attr("dilations") or [1])[0]
-    left, right = _explicit_pads_1d(node, in_shape[1], k, stride, dil)
-    bias = lw.const(b)
-    params: dict[int, ParamValue] = {0: out_c, 1: k, 2: dil, 3: stride, 4: left, 15: right,
-                                     5: int(bias is not None), 6: int(weight.size)}
-    _emit_with_act(lw, node, _grouped("Convolution1D", group, params), [bottom], params,
-                   _weight_blobs(weight, bias, out_c))
-
-
-def _explicit_pads_3d(node: Node, dhw: Shape, kernel: list[int], strides: list[int], dil: list[int]) -> list[int]:
-    """ONNX pads [front, top, left, behind, bottom, right] of a 3-D conv, auto_pad resolved from static dims."""
-    auto = node.attr("auto_pad", "NOTSET") or "NOTSET"
-    if auto == "NOTSET":
-        return ints(node.attr("pads") or [0] * 6)
-    if auto == "VALID":
-        return [0] * 6
-    pads = [0] * 6
-    for i in range(3):
-        total = max(0, (-(-dhw[i] // strides[i]) - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - dhw[i])
-        small, big = total // 2, total - total // 2
-        pads[i], pads[i + 3] = (small, big) if auto == "SAME_UPPER" else (big, small)
-    return pads
-
-
-def lower_conv3d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
-    """ONNX Conv over [N, C, D, H, W] -> ncnn Convolution3D / ConvolutionDepthWise3D on the [C, D, H, W] blob.
-
-    ncnn has no int8 3-D convolution: a quantized one runs in float."""
-    bottom = lw.blob(node.input(0), node)
-    in_shape = lw.nshape[bottom]
-    if len(in_shape) != 4:
-        raise unsupported(node, f"a 3-D convolution of a {len(in_shape)}-D blob")
-    out_c, _, kd, kh, kw = (int(d) for d in weight.shape)
-    strides = ints(node.attr("strides") or [1, 1, 1])
-    dil = ints(node.attr("dilations") or [1, 1, 1])
-    pads = _explicit_pads_3d(node, in_shape[1:], [kd, kh, kw], strides, dil)
-    bias = lw.const(node.input(2))
-    params: dict[int, ParamValue] = {0: out_c, 1: kw, 11: kh, 21: kd, 2: dil[2], 12: dil[1], 22: dil[0],
-                                     3: strides[2], 13: strides[1], 23: strides[0], 4: pads[2], 15: pads[5],
-                                     14: pads[1], 16: pads[4], 24: pads[0], 17: pads[3],
-                                     5: int(bias is not None), 6: int(weight.size)}
-    _emit_with_act(lw, node, _grouped("Convolution3D", int(node.attr("group", 1)), params), [bottom], params,
-                   _weight_blobs(weight, bias, out_c))
 
 
 def _conv_int8(lw: Lowering, node: Node, x: Value, w: Value | None, group: int, out_c: int,
@@ -336,74 +291,29 @@ def _emit_with_act(lw: Lowering, node: Node, type_: str, bottoms: list[str], par
 
 
 def lower_conv_transpose(lw: Lowering, node: Node) -> None:
+    """ConvTranspose -> ncnn Deconvolution[DepthWise] (1D, 2-D or 3D)."""
     x, w, b = node.input(0), node.input(1), node.input(2)
     weight = lw.const(w)
-    if weight is not None and weight.ndim == 3:
-        return lower_conv_transpose1d(lw, node, weight)
-    if weight is not None and weight.ndim == 5:
-        return lower_conv_transpose3d(lw, node, weight)
-    if weight is None or weight.ndim != 4:
-        raise unsupported(node, "a transposed convolution without a constant 1-D, 2-D or 3-D weight")
+    if weight is None:
+        raise unsupported(node, "a transposed convolution whose weight is not a constant")
     if (node.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "VALID") or node.attr("output_shape"):
         raise unsupported(node, "a transposed convolution with auto_pad or output_shape")
     bottom = lw.blob(x, node)
+    rank = weight.ndim - 2
+    _spatial_rank(lw, node, bottom, rank, "transposed convolution")
     group = int(node.attr("group", 1))
-    cin, cout_g, kh, kw = (int(d) for d in weight.shape)
+    cin, cout_g = int(weight.shape[0]), int(weight.shape[1])
+    kernel = [int(k) for k in weight.shape[2:]]
     out_c = cout_g * group
-    # ONNX [Cin, Cout/g, kh, kw] -> ncnn [g][Cout/g][Cin/g][kh][kw]
-    wt = weight.reshape(group, cin // group, cout_g, kh, kw).transpose(0, 2, 1, 3, 4)
-    strides = ints(node.attr("strides") or [1, 1])
-    dil = ints(node.attr("dilations") or [1, 1])
-    pads = ints(node.attr("pads") or [0, 0, 0, 0])
-    opad = ints(node.attr("output_padding") or [0, 0])
+    # ONNX [Cin, Cout/g, *k] -> ncnn [g][Cout/g][Cin/g][*k]
+    wt = weight.reshape(group, cin // group, cout_g, *kernel).transpose(0, 2, 1, *range(3, 3 + rank))
+    pads = ints(node.attr("pads") or [0] * (2 * rank))
     bias = lw.const(b)
-    params: dict[int, ParamValue] = {0: out_c, 1: kw, 11: kh, 2: dil[1], 12: dil[0], 3: strides[1],
-                                     13: strides[0], 4: pads[1], 15: pads[3], 14: pads[0], 16: pads[2],
-                                     5: int(bias is not None), 6: int(weight.size), 18: opad[1], 19: opad[0]}
-    _emit_with_act(lw, node, _grouped("Deconvolution", group, params), [bottom], params,
-                   _weight_blobs(wt, bias, out_c))
-
-
-def lower_conv_transpose1d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
-    """ONNX ConvTranspose over [N, C, W] -> ncnn Deconvolution1D / DeconvolutionDepthWise1D."""
-    if (node.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "VALID") or node.attr("output_shape"):
-        raise unsupported(node, "a transposed convolution with auto_pad or output_shape")
-    bottom = lw.blob(node.input(0), node)
-    group = int(node.attr("group", 1))
-    cin, cout_g, k = (int(d) for d in weight.shape)
-    out_c = cout_g * group
-    # ONNX [Cin, Cout/g, k] -> ncnn [g][Cout/g][Cin/g][k]
-    wt = weight.reshape(group, cin // group, cout_g, k).transpose(0, 2, 1, 3)
-    left, right = ints(node.attr("pads") or [0, 0])
-    bias = lw.const(node.input(2))
-    params: dict[int, ParamValue] = {0: out_c, 1: k, 2: ints(node.attr("dilations") or [1])[0],
-                                     3: ints(node.attr("strides") or [1])[0], 4: left, 15: right,
-                                     18: ints(node.attr("output_padding") or [0])[0], 5: int(bias is not None),
-                                     6: int(weight.size)}
-    _emit_with_act(lw, node, _grouped("Deconvolution1D", group, params), [bottom], params,
-                   _weight_blobs(wt, bias, out_c))
-
-
-def lower_conv_transpose3d(lw: Lowering, node: Node, weight: np.ndarray) -> None:
-    """ONNX ConvTranspose over [N, C, D, H, W] -> ncnn Deconvolution3D / DeconvolutionDepthWise3D."""
-    if (node.attr("auto_pad", "NOTSET") or "NOTSET") not in ("NOTSET", "VALID") or node.attr("output_shape"):
-        raise unsupported(node, "a transposed convolution with auto_pad or output_shape")
-    bottom = lw.blob(node.input(0), node)
-    group = int(node.attr("group", 1))
-    cin, cout_g, kd, kh, kw = (int(d) for d in weight.shape)
-    out_c = cout_g * group
-    # ONNX [Cin, Cout/g, kd, kh, kw] -> ncnn [g][Cout/g][Cin/g][kd][kh][kw]
-    wt = weight.reshape(group, cin // group, cout_g, kd, kh, kw).transpose(0, 2, 1, 3, 4, 5)
-    strides = ints(node.attr("strides") or [1, 1, 1])
-    dil = ints(node.attr("dilations") or [1, 1, 1])
-    pads = ints(node.attr("pads") or [0] * 6)
-    opad = ints(node.attr("output_padding") or [0, 0, 0])
-    bias = lw.const(node.input(2))
-    params: dict[int, ParamValue] = {0: out_c, 1: kw, 11: kh, 21: kd, 2: dil[2], 12: dil[1], 22: dil[0],
-                                     3: strides[2], 13: strides[1], 23: strides[0], 4: pads[2], 15: pads[5],
-                                     14: pads[1], 16: pads[4], 24: pads[0], 17: pads[3], 18: opad[2],
-                                     19: opad[1], 20: opad[0], 5: int(bias is not None), 6: int(weight.size)}
-    _emit_with_act(lw, node, _grouped("Deconvolution3D", group, params), [bottom], params,
+    params = {0: out_c, 5: int(bias is not None), 6: int(weight.size),
+              **_spatial_params(_CONV_KEYS, kernel=kernel, dilation=ints(node.attr("dilations") or [1] * rank),
+                                stride=ints(node.attr("strides") or [1] * rank), pad_begin=pads[:rank],
+                                pad_end=pads[rank:], output_pad=ints(node.attr("output_padding") or [0] * rank))}
+    _emit_with_act(lw, node, _grouped("Deconvolution" + _RANK_SUFFIX[rank], group, params), [bottom], params,
                    _weight_blobs(wt, bias, out_c))
 
 
@@ -618,87 +528,31 @@ def lower_pow(lw: Lowering, node: Node) -> None:
 
 
 def lower_pool(lw: Lowering, node: Node) -> None:
-    x = node.input(0)
+    """Max/Average/global pooling -> ncnn Pooling (1D, 2-D or 3D)."""
     out = node.outputs[0]
-    bottom = lw.blob(x, node)
-    in_shape = lw.nshape[bottom]
-    if len(in_shape) == 2:
-        return lower_pool1d(lw, node)
-    if len(in_shape) == 4:
-        return lower_pool3d(lw, node)
-    if len(in_shape) != 3:
-        raise unsupported(node, f"pooling a {len(in_shape)}-D blob (ncnn pools 1-D to 3-D ones)")
+    bottom = lw.blob(node.input(0), node)
+    rank = len(lw.nshape[bottom]) - 1
+    _spatial_rank(lw, node, bottom, rank, "pooling")
+    type_ = "Pooling" + _RANK_SUFFIX[rank]
     kind = 0 if "Max" in node.op else 1
     if node.op.startswith("Global"):
-        # Adaptive 1x1 keeps the [C, 1, 1] shape ONNX has (global pooling would flatten to [C]).
-        params: dict[int, ParamValue] = {0: kind, 7: 1, 8: 1, 18: 1}
-        lw.add("Pooling", lw.layer_name(node), [bottom], [lw.bind(out, node)], params)
+        # Adaptive to 1 per axis keeps ONNX's [C, 1, ...] (global pooling would flatten to [C]).
+        lw.add(type_, lw.layer_name(node), [bottom], [lw.bind(out, node)],
+               {0: kind, 7: 1, **_spatial_params(_POOL_KEYS, out=[1] * rank)})
         return
     if len(node.outputs) > 1 and node.outputs[1].uses:
         raise unsupported(node, "MaxPool's Indices output")
     kernel = ints(node.attr("kernel_shape"))
-    if len(kernel) != 2:
-        raise unsupported(node, f"{len(kernel)}-D pooling")
-    strides = ints(node.attr("strides") or [1, 1])
-    dil = ints(node.attr("dilations") or [1, 1])
-    if dil != [1, 1]:
+    strides = ints(node.attr("strides") or [1] * rank)
+    if ints(node.attr("dilations") or [1] * rank) != [1] * rank:
         raise unsupported(node, "dilated pooling")
-    pads = _explicit_pads(node, in_shape[1:], kernel, strides, dil)
-    ceil = int(node.attr("ceil_mode", 0))
-    params = {0: kind, 1: kernel[1], 11: kernel[0], 2: strides[1], 12: strides[0], 3: pads[1], 13: pads[0],
-              14: pads[3], 15: pads[2], 5: 0 if ceil else 1}
+    pads = _explicit_pads(node, lw.nshape[bottom][1:], kernel, strides, [1] * rank)
+    params = {0: kind, 5: 0 if int(node.attr("ceil_mode", 0)) else 1,
+              **_spatial_params(_POOL_KEYS, kernel=kernel, stride=strides, pad_begin=pads[:rank],
+                                pad_end=pads[rank:])}
     if kind == 1:
         params[6] = int(node.attr("count_include_pad", 0))
-    out_shape = lw.shape_of(out, node)
-    lw.add("Pooling", lw.layer_name(node), [bottom], [lw.bind(out, node, out_shape)], params)
-
-
-def lower_pool1d(lw: Lowering, node: Node) -> None:
-    """Pooling over [N, C, W] -> ncnn Pooling1D on the [C, W] blob (h = channels)."""
-    bottom = lw.blob(node.input(0), node)
-    width = lw.nshape[bottom][1]
-    out = node.outputs[0]
-    kind = 0 if "Max" in node.op else 1
-    if node.op.startswith("Global"):  # adaptive to 1 keeps ONNX's [C, 1] (global pooling would give [C])
-        lw.add("Pooling1D", lw.layer_name(node), [bottom], [lw.bind(out, node)], {0: kind, 7: 1, 8: 1})
-        return
-    if len(node.outputs) > 1 and node.outputs[1].uses:
-        raise unsupported(node, "MaxPool's Indices output")
-    kernel = ints(node.attr("kernel_shape"))[0]
-    stride = ints(node.attr("strides") or [1])[0]
-    if ints(node.attr("dilations") or [1]) != [1]:
-        raise unsupported(node, "dilated pooling")
-    left, right = _explicit_pads_1d(node, width, kernel, stride, 1)
-    params: dict[int, ParamValue] = {0: kind, 1: kernel, 2: stride, 3: left, 14: right,
-                                     5: 0 if int(node.attr("ceil_mode", 0)) else 1}
-    if kind == 1:
-        params[6] = int(node.attr("count_include_pad", 0))
-    lw.add("Pooling1D", lw.layer_name(node), [bottom], [lw.bind(out, node, lw.shape_of(out, node))], params)
-
-
-def lower_pool3d(lw: Lowering, node: Node) -> None:
-    """Pooling over [N, C, D, H, W] -> ncnn Pooling3D on the [C, D, H, W] blob."""
-    bottom = lw.blob(node.input(0), node)
-    dhw = lw.nshape[bottom][1:]
-    out = node.outputs[0]
-    kind = 0 if "Max" in node.op else 1
-    if node.op.startswith("Global"):  # adaptive to 1x1x1 keeps ONNX's [C, 1, 1, 1]
-        params: dict[int, ParamValue] = {0: kind, 7: 1, 8: 1, 18: 1, 28: 1}
-        lw.add("Pooling3D", lw.layer_name(node), [bottom], [lw.bind(out, node)], params)
-        return
-    if len(node.outputs) > 1 and node.outputs[1].uses:
-        raise unsupported(node, "MaxPool's Indices output")
-    kernel = ints(node.attr("kernel_shape"))
-    strides = ints(node.attr("strides") or [1, 1, 1])
-    if ints(node.attr("dilations") or [1, 1, 1]) != [1, 1, 1]:
-        raise unsupported(node, "dilated pooling")
-    pads = _explicit_pads_3d(node, dhw, kernel, strides, [1, 1, 1])
-    params = {0: kind, 1: kernel[2], 11: kernel[1], 21: kernel[0], 2: strides[2], 12: strides[1], 22: strides[0],
-              3: pads[2], 14: pads[5], 13: pads[1], 15: pads[4], 23: pads[0], 16: pads[3],
-              5: 0 if int(node.attr("ceil_mode", 0)) else 1}
-    if kind == 1:
-        params[6] = int(node.attr("count_include_pad", 0))
-    lw.add("Pooling3D", lw.layer_name(node), [bottom], [lw.bind(out, node, lw.shape_of(out, node))], params)
+    lw.add(type_, lw.layer_name(node), [bottom], [lw.bind(out, node, lw.shape_of(out, node))], params)
 
 
 def lower_batchnorm(lw: Lowering, node: Node) -> None:
