@@ -24,8 +24,13 @@ def sqnr_db(reference: np.ndarray | Iterable[np.ndarray], test: np.ndarray | Ite
         t64 = np.asarray(t, dtype=np.float64)
         signal += float(np.sum(r64 * r64))
         noise += float(np.sum((r64 - t64) ** 2))
-    if noise == 0:
+    return power_ratio_db(signal, noise)
+
+
+def power_ratio_db(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)``: ``inf`` without noise, ``-inf`` without signal."""
+    if noise <= 0:
         return math.inf
-    if signal == 0:
+    if signal <= 0:
         return -math.inf
     return 10.0 * math.log10(signal / noise)

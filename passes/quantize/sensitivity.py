@@ -47,7 +47,7 @@ from kiln.errors import UsageError
 from kiln.ir.core import Graph
 from kiln.passes.quantize.placement import Layer, Plan
 from kiln.quant.islands import fewest_sensitive
-from kiln.quant.metrics import sqnr_db
+from kiln.quant.metrics import power_ratio_db, sqnr_db
 from kiln.quant.weights import QMAX, quantize_weight
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class QuantProbe:
         layers: dict[str, float] = {}
         for key, (signal, noise) in pairs.items():
             kind, name = key.split(":", 1)
-            (tensors if kind == "tensor" else layers)[name] = _db(total[signal], total[noise])
+            (tensors if kind == "tensor" else layers)[name] = power_ratio_db(total[signal], total[noise])
         return tensors, layers
 
     # ---- plumbing
@@ -209,20 +209,6 @@ def _feeds(graph: Graph, calibration: Any, samples: int) -> tuple[list[dict[str,
         feeds.append(feed)
         count += n
     return feeds, count
-
-
-def layer_sensitivity(graph: Graph, plan: Plan, ranges: dict[str, TensorRange], calibration: Any,
-                      samples: int = 8) -> dict[str, float]:
-    """Layer name -> output SQNR (dB) with only that layer quantized, for every layer of ``plan``."""
-    return QuantProbe(graph, ranges, calibration, samples).sensitivity(plan.layers)
-
-
-def _db(signal: float, noise: float) -> float:
-    if noise <= 0:
-        return float("inf")
-    if signal <= 0:
-        return float("-inf")
-    return float(10.0 * np.log10(signal / noise))
 
 
 def _qdq(model: Any, name: str, r: TensorRange, tag: str) -> tuple[list[Any], str]:
