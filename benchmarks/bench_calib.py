@@ -25,9 +25,11 @@ Also measured: the KL-divergence search for one tensor at 2048 bins, kiln's kern
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -383,6 +385,7 @@ def main() -> int:
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="kiln-bench-calib-"))
+    atexit.register(shutil.rmtree, tmp, True)  # models, data sets and outputs: hundreds of MB a run
     rows: list[dict] = []
     for model in args.models.split(","):
         zoo_name = MODELS[model][0]

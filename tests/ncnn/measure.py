@@ -34,13 +34,13 @@ IMAGES = {"ppocr_cls": ("line", (48, 192), "height", (0.5,), (0.5,)),
           "ppocr_det": ("page", (320, 320), "stretch", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
-def _images(name: str, seed: int, count: int) -> np.ndarray:
+def _images(name: str, seed: int, count: int, tmp: Path) -> np.ndarray:
     from kiln.calib.images import ImageOptions, load_image
     from ocr_images import write_images
 
     kind, size, mode, mean, std = IMAGES[name]
     options = ImageOptions(size=size, mode=mode, mean=mean, std=std, channels="bgr")
-    folder = Path(tempfile.mkdtemp())
+    folder = Path(tempfile.mkdtemp(dir=tmp))
     write_images(folder, kind, count, seed=seed)
     return np.stack([load_image(p, options, (None, 3, *size)) for p in sorted(folder.glob("*.png"))]).astype(np.float32)
 
@@ -60,6 +60,13 @@ def _median_s(fn, runs: int = 5) -> float:
 
 
 def measure(name: str) -> dict[str, str]:
+    # Everything a model writes (random-weight copies, three compiles, images) goes away with it:
+    # the light models alone are gigabytes.
+    with tempfile.TemporaryDirectory(prefix="kiln-ncnn-measure-") as tmp:
+        return _measure(name, Path(tmp))
+
+
+def _measure(name: str, tmp: Path) -> dict[str, str]:
     import onnxruntime as ort
 
     model = zoo.get_model(name)
@@ -67,19 +74,19 @@ def measure(name: str) -> dict[str, str]:
         # Their shipped weights are one value each (a uniform output): measure with random ones.
         from test_zoo import randomized_light
 
-        model = randomized_light(name, Path(tempfile.mkdtemp()))
+        model = randomized_light(name, tmp)
     shapes = {"x": zoo.PPOCR[name][1]} if name in zoo.PPOCR else None
     feed = zoo.example_inputs(name)
     ref = zoo.run_onnxruntime(model, feed)
     row: dict[str, str] = {"model": name}
-    out = Path(tempfile.mkdtemp())
+    out = tmp
     fp32 = kiln_compile(model, "ncnn", out / "fp32", input_shapes=shapes).artifacts[0]
     row["fp32"] = f"{_rel(ref, ncnn_runtime.run(fp32, feed)):.1e}"
     fp16 = kiln_compile(model, "ncnn", out / "fp16", input_shapes=shapes, fp16=True).artifacts[0]
     row["fp16"] = f"{_rel(ref, ncnn_runtime.run(fp16, feed)):.1e}"
     (iname, _), = feed.items()
     if name in IMAGES:
-        calib, test = _images(name, 1, 16), _images(name, 2, 4)
+        calib, test = _images(name, 1, 16, tmp), _images(name, 2, 4, tmp)
     else:
         calib = np.concatenate([zoo.example_inputs(name, seed=s)[iname] for s in range(1, 9)])
         test = np.concatenate([zoo.example_inputs(name, seed=s)[iname] for s in (20, 21)])
