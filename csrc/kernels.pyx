@@ -179,6 +179,14 @@ cdef enum:
 
 cdef double KL_NOISE = 1e-12
 
+# The level table (see kl_divergences) holds the series of log(1 - x) for Q's smoothing up to x**TABLE_TERMS;
+# it is used while x <= TABLE_MAX_X on every level (truncation < x**5 / 5 <= 2e-16 of a level's mass).
+cdef double TABLE_MAX_X = 1e-3
+cdef enum:
+    TABLE_TERMS = 4
+    TABLE_FIELDS = 6       # S log(S/c), c log(S/c), c**m / S**(m-1) for m = 2 .. TABLE_TERMS + 1
+    TABLE_MAX_WIDTH = 32   # widest level (bins) the table covers; wider settings sum level by level
+
 
 cdef inline double _clamp_noise(double kl) noexcept nogil:
     """KL >= 0; a divergence below rounding noise (Q equal to P) is exactly 0, so ties break the same way
@@ -224,6 +232,37 @@ cdef double _kl_exact(double[::1] hist, Py_ssize_t i, Py_ssize_t L, double p_las
     return kl
 
 
+cdef inline void _fill_levels(double[::1] hist, double[::1] prefix, cnp.int64_t[::1] nzpre, Py_ssize_t i,
+                              Py_ssize_t L, double p_last, cnp.int64_t[::1] bound, double[::1] lev_sum,
+                              cnp.int64_t[::1] lev_nz, Py_ssize_t* nzp_out, Py_ssize_t* nzq_out) noexcept nogil:
+    """Candidate ``i``'s level bounds, sums and non-zero counts, and P's and Q's non-zero bin counts."""
+    cdef Py_ssize_t k, lo, hi, nz, nzp = 0, nzq = 0
+    cdef Py_ssize_t step_q = i // L, step_r = i % L, acc_q = 0, acc_r = 0
+    cdef double qsum
+    # Level k holds bins ceil(k i / L) .. ceil((k+1) i / L) - 1; the bounds by increments (no division).
+    for k in range(L + 1):
+        bound[k] = acc_q + (1 if acc_r > 0 else 0)
+        acc_q += step_q
+        acc_r += step_r
+        if acc_r >= L:
+            acc_r -= L
+            acc_q += 1
+    for k in range(L):
+        lo = bound[k]
+        hi = bound[k + 1]
+        qsum = prefix[hi] - prefix[lo]
+        nz = nzpre[hi] - nzpre[lo]
+        if hi == i:
+            nz = nz - (1 if hist[i - 1] != 0 else 0) + (1 if p_last != 0 else 0)
+        lev_sum[k] = qsum
+        lev_nz[k] = nz
+        nzp += nz
+        if qsum != 0:
+            nzq += nz
+    nzp_out[0] = nzp
+    nzq_out[0] = nzq
+
+
 def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     """TensorRT's KL-divergence curve over a histogram of ``|x|``.
 
@@ -247,7 +286,21 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     bin (the usual case: ``e`` is ``1e-4`` times the ratio of zero to
     non-zero bins, and counts are >= 1).  A candidate where some bin has a
     larger ``x`` is summed bin by bin.  P's last bin (with the outliers) is
-    always added on its own.  One ``log`` per level and candidate remains.
+    always added on its own.
+
+    The level sum ``sum_levels log(Q'_level) W_level`` needs one ``log`` per
+    level and candidate if done directly (2048 bins: 246k logs, most of the
+    time).  But a level is a range ``[lo, lo + w)`` of bins, and all the
+    candidates' levels are only ~20k distinct ranges (``w`` is ``i / 128``
+    rounded, at most 16 bins).  With ``S`` and ``c`` a level's count and
+    non-zero bins, ``Q' = S / c - e_q`` and ``W = S - c e``; for
+    ``x = e_q c / S <= TABLE_MAX_X``, ``W log Q'`` is ``S log(S/c) - e c
+    log(S/c) - sum_m e_q**m / m (c**m S**(1-m) - e c**(m+1) S**-m)``, four
+    terms of the series exact to 2e-16 of the level's mass.  Those six
+    per-range quantities are tabulated once per histogram (one ``log`` per
+    range), and a candidate's levels but the last are six table sums.  Where
+    ``x`` is larger (very sparse histograms) the candidate takes the
+    level-by-level loop.  A negative count makes P not positive: ``inf``.
 
     Returns:
         float64 array of ``len(hist) - start + 1`` divergences (index 0 is ``i = start``).
@@ -285,7 +338,25 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
     cdef double[::1] lev_sum = lev_sum_arr
     cdef cnp.int64_t[::1] lev_nz = lev_nz_arr
     cdef cnp.int64_t[::1] bound = bound_arr
-    cdef Py_ssize_t step_q, step_r, acc_q, acc_r
+    cdef Py_ssize_t step_q, step_r, acc_q, acc_r, wd, wmin, wmax, lo_last, nz_last
+    cdef double qsum_last, ta, tb, t2, t3, t4, t5, Lk, r, c, eq, sum_nl, nz_nl, poly_q
+    cdef bint negative = False, use_table, fast
+    # The level table: for every level width wd a candidate can have and every start bin lo, the terms of the
+    # level [lo, lo + wd) (see the docstring).  Only widths up to TABLE_MAX_WIDTH (TensorRT's setting has 16).
+    wmin = start // L
+    wmax = (n + L - 1) // L
+    use_table = wmax <= TABLE_MAX_WIDTH
+    offset_arr = np.zeros(TABLE_MAX_WIDTH + 2, dtype=np.int64)
+    cdef cnp.int64_t[::1] offset = offset_arr
+    if use_table:
+        for wd in range(wmin, wmax + 1):
+            offset[wd + 1] = offset[wd] + max(0, min(n - wd + 1, (wd + 1) * L - wd))
+        for wd in range(wmax + 1, TABLE_MAX_WIDTH + 2):
+            offset[wd] = offset[wmax + 1]
+    table_arr = np.zeros((offset[TABLE_MAX_WIDTH + 1] if use_table else 0, TABLE_FIELDS), dtype=np.float64)
+    cdef double[:, ::1] table = table_arr
+    logn_arr = np.zeros(TABLE_MAX_WIDTH + 1, dtype=np.float64)
+    cdef double[::1] logn = logn_arr
     with nogil:
         for j in range(n - 1, -1, -1):
             suffix[j] = suffix[j + 1] + hist[j]
@@ -309,36 +380,45 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
                     powers[j + 1, m] += pw
                     pw = pw * inv
             elif hist[j] < 0:
-                minpre[j + 1] = -INFINITY  # a negative count: every candidate past it is summed bin by bin
+                minpre[j + 1] = -INFINITY  # a negative count: every candidate past it is infinite
+                negative = True
         total = suffix[0]
+        use_table = use_table and not negative
+        if use_table:
+            for m in range(1, TABLE_MAX_WIDTH + 1):
+                logn[m] = log(<double>m)
+            for wd in range(wmin, wmax + 1):
+                for lo in range(offset[wd + 1] - offset[wd]):
+                    cnt = nzpre[lo + wd] - nzpre[lo]
+                    if cnt == 0:
+                        continue  # an empty level: every term is 0
+                    qsum = prefix[lo + wd] - prefix[lo]
+                    c = <double>cnt
+                    Lk = (logh[lo] if wd == 1 else log(qsum)) - logn[cnt]
+                    r = c / qsum
+                    b = offset[wd] + lo
+                    table[b, 0] = qsum * Lk
+                    table[b, 1] = c * Lk
+                    table[b, 2] = c * r
+                    table[b, 3] = table[b, 2] * r
+                    table[b, 4] = table[b, 3] * r
+                    table[b, 5] = table[b, 4] * r
         for i in range(start, n + 1):
             p_last = hist[i - 1] + suffix[i]
-            # Level k holds bins ceil(k i / L) .. ceil((k+1) i / L) - 1; the bounds by increments (no division).
             step_q = i // L
             step_r = i % L
-            acc_q = 0
-            acc_r = 0
-            for k in range(num_levels + 1):
-                bound[k] = acc_q + (1 if acc_r > 0 else 0)
-                acc_q += step_q
-                acc_r += step_r
-                if acc_r >= L:
-                    acc_r -= L
-                    acc_q += 1
-            nzp = 0
-            nzq = 0
-            for k in range(num_levels):
-                lo = bound[k]
-                hi = bound[k + 1]
-                qsum = prefix[hi] - prefix[lo]
-                nz = nzpre[hi] - nzpre[lo]
-                if hi == i:
-                    nz = nz - (1 if hist[i - 1] != 0 else 0) + (1 if p_last != 0 else 0)
-                lev_sum[k] = qsum
-                lev_nz[k] = nz
-                nzp += nz
-                if qsum != 0:
-                    nzq += nz
+            # With no negative counts a level's sum is non-zero exactly where it has a non-zero bin (but the
+            # last level, whose P bin holds the outliers): P's and Q's non-zero counts need no level loop.
+            fast = use_table
+            if fast:
+                lo_last = ((L - 1) * i + L - 1) // L
+                nz = (1 if hist[i - 1] != 0 else 0)
+                nzp = nzpre[i] - nz + (1 if p_last != 0 else 0)
+                qsum_last = prefix[i] - prefix[lo_last]
+                nz_last = nzpre[i] - nzpre[lo_last] - nz + (1 if p_last != 0 else 0)
+                nzq = nzp - (nz_last if qsum_last == 0 else 0)
+            else:
+                _fill_levels(hist, prefix, nzpre, i, L, p_last, bound, lev_sum, lev_nz, &nzp, &nzq)
             sum_p = total
             sum_q = prefix[i]
             if nzp == 0 or nzq == 0:
@@ -350,7 +430,12 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
             # Bins where P is zero: P' = Q' = eps, each adding (eps/Sp) log(Sq/Sp).
             kl = (i - nzp) * (eps / sum_p) * log(sum_q / sum_p)
             e = eps1p
+            if minpre[i - 1] == -INFINITY:  # a negative count in P: its smoothed entry is not positive
+                res[i - start] = INFINITY
+                continue
             if not (minpre[i - 1] > 0 and e <= SERIES_MAX_X * minpre[i - 1]):
+                if fast:
+                    _fill_levels(hist, prefix, nzpre, i, L, p_last, bound, lev_sum, lev_nz, &nzp, &nzq)
                 res[i - start] = _clamp_noise(kl + _kl_exact(hist, i, L, p_last, eps1p, eps1q, logsp, sum_q,
                                                              sum_p, lev_sum, lev_nz, bound, logh))
                 continue
@@ -369,6 +454,50 @@ def kl_divergences(double[::1] hist, int num_levels=128, int start=128):
                 f = f + (p_last - e) * log(p_last - e)
                 w = w + (p_last - e)
             # sum over levels of log(Q'/Sq) * W_level (W_level: the level's sum of P - e over non-zero bins).
+            if fast and eps1q <= TABLE_MAX_X * minpre[i - 1]:
+                # Every level but the last from the table: with a = S/c its mean non-zero count and
+                # x = eps1q / a <= TABLE_MAX_X, (S - c e) log(a - eps1q) is S log a - e c log a
+                # - sum_m eps1q**m / m * (c**m / S**(m-1) - e c**(m+1) / S**m).
+                ta = 0.0
+                tb = 0.0
+                t2 = 0.0
+                t3 = 0.0
+                t4 = 0.0
+                t5 = 0.0
+                acc_q = 0
+                acc_r = 0
+                lo = 0
+                for k in range(L - 1):
+                    acc_q += step_q
+                    acc_r += step_r
+                    if acc_r >= L:
+                        acc_r -= L
+                        acc_q += 1
+                    hi = acc_q + (1 if acc_r > 0 else 0)
+                    j = offset[hi - lo] + lo
+                    ta += table[j, 0]
+                    tb += table[j, 1]
+                    t2 += table[j, 2]
+                    t3 += table[j, 3]
+                    t4 += table[j, 4]
+                    t5 += table[j, 5]
+                    lo = hi
+                eq = eps1q
+                nz_nl = <double>(nzpre[lo_last])
+                sum_nl = prefix[lo_last]
+                poly_q = (eq * (nz_nl - e * t2) + eq * eq / 2.0 * (t2 - e * t3)
+                          + eq * eq * eq / 3.0 * (t3 - e * t4) + eq * eq * eq * eq / 4.0 * (t4 - e * t5))
+                sz = ta - e * tb - poly_q - log(sum_q) * (sum_nl - e * nz_nl)
+                if nz_last > 0:
+                    qj = qsum_last / nz_last - eps1q if qsum_last != 0 else eps
+                    if qj <= 0:
+                        res[i - start] = INFINITY
+                        continue
+                    sz = sz + log(qj / sum_q) * (qsum_last - nz_last * e + suffix[i])
+                res[i - start] = _clamp_noise(kl + (f - logsp * w - sz) / sum_p)
+                continue
+            if fast:
+                _fill_levels(hist, prefix, nzpre, i, L, p_last, bound, lev_sum, lev_nz, &nzp, &nzq)
             sz = 0.0
             for k in range(num_levels):
                 if lev_nz[k] == 0:

@@ -115,13 +115,21 @@ def _analysis(x: np.ndarray, bins: int = 2048) -> np.ndarray:
 
 
 @native
-@pytest.mark.parametrize("case", ["dense", "sparse", "few-values", "fractional", "tiny-counts", "huge-counts"])
+@pytest.mark.parametrize("case", ["dense", "sparse", "few-values", "fractional", "tiny-counts", "huge-counts",
+                                  "small-fractions", "negative"])
 @pytest.mark.parametrize("levels,start", [(128, 128), (32, 32), (128, 300), (7, 64)])
 def test_kl_prefix_sum_form_matches_the_bin_by_bin_twin(case, levels, start):
-    """The O(levels) kernel (series of prefix sums, or bin by bin where the series does not hold) against the
-    numpy twin, which builds P and Q for every candidate."""
+    """The O(levels) kernel against the numpy twin, which builds P and Q for every candidate.  The kernel has
+    three ways to sum a candidate's levels: the level table (TensorRT's 128 levels: widths up to 32 bins),
+    level by level with one log each (wider levels, or Q's smoothing too large for the table's series), and
+    bin by bin (P's smoothing too large for its series, or negative counts); the cases reach all three."""
     rng = np.random.default_rng(7)
-    if case == "dense":
+    if case == "small-fractions":  # counts far below eps1: bin by bin
+        hist = _analysis(rng.standard_normal(2000)) * 1e-3
+    elif case == "negative":  # no table; bin by bin past the negative count
+        hist = _analysis(rng.standard_normal(50_000))
+        hist[200] = -3.0
+    elif case == "dense":
         hist = _analysis(rng.laplace(size=500_000))
     elif case == "sparse":  # most bins empty: eps1/p is large and candidates go bin by bin
         hist = _analysis(np.concatenate([rng.standard_normal(3000), rng.uniform(0, 40, 30)]))
