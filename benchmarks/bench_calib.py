@@ -441,7 +441,7 @@ def main() -> int:
     memory = []
     if "cls" in args.models.split(","):
         path = zoo.get_model("ppocr_cls")
-        for n in [int(c) for c in args.memory_counts.split(",")]:
+        for n in [int(c) for c in filter(None, args.memory_counts.split(","))]:
             # From the image folder (decoded sample by sample): an .npy would be memory-mapped, and its
             # pages, though reclaimable, count in RSS in proportion to the data set.
             make_data("cls", n, 1, tmp / f"mem{n}")

@@ -52,7 +52,7 @@ def per_channel_absmax(cnp.ndarray array not None, int axis=0):
 # and the threshold searches (TensorRT's KL divergence, expected MSE).  Each
 # releases the GIL around its loop.  The numpy twins are in kiln.kernels.
 
-from libc.math cimport floor, log, log1p, nearbyint, ldexp, isfinite, INFINITY
+from libc.math cimport floor, log, log1p, nearbyint, ldexp, isfinite, fabsf, INFINITY
 
 ctypedef fused real_t:
     float
@@ -85,6 +85,62 @@ def array_stats(real_t[::1] x):
 cdef Py_ssize_t HIST_CHUNK = 1 << 30  # elements per flush of the int32 sub-histograms (cannot overflow)
 
 
+cdef enum:
+    HIST_BLOCK = 512  # float32 values whose bins are computed (vectorized) before they are counted
+    SCRATCH_MIN_VALUES_PER_BIN = 8  # below this, counting into scratch costs more than it saves
+
+
+cdef Py_ssize_t _count_float32(const float* x, Py_ssize_t n, float scale, Py_ssize_t width, int* sub,
+                               cnp.int64_t* hist) noexcept nogil:
+    """Counts ``x`` by bin ``floor(|x| * scale)``: into four int32 sub-histograms of ``width + 1`` counters
+    (``sub``, rows of ``width + 1``; the last counter of a row takes what lands at or past ``width``), or,
+    with ``sub`` NULL, straight into ``hist``.  Returns how many values were at or past ``width`` (or inf/NaN):
+    the caller places those.
+
+    Block by block: first every bin of the block (a loop without branches, which the compiler vectorizes),
+    then the increments.  ``|x| * scale`` is exact in float32 (``scale`` is a normal power of two), so the
+    bins are those of the double-precision loop."""
+    cdef int bins[HIST_BLOCK]
+    cdef Py_ssize_t b0, k, m, row = width + 1, spill = 0
+    cdef float top = <float>width, v
+    cdef int* s1 = sub + row
+    cdef int* s2 = sub + 2 * row
+    cdef int* s3 = sub + 3 * row
+    b0 = 0
+    while b0 < n:
+        m = min(<Py_ssize_t>HIST_BLOCK, n - b0)
+        for k in range(m):
+            v = fabsf(x[b0 + k]) * scale
+            v = v if v < top else top  # NaN fails the comparison too
+            bins[k] = <int>v
+        if sub == NULL:
+            for k in range(m):
+                if bins[k] < width:
+                    hist[bins[k]] += 1
+                else:
+                    spill += 1
+        else:
+            k = 0
+            # Four counters round-robin: runs of equal bins (ReLU zeros) do not wait on one counter's last store.
+            while k + 4 <= m:
+                sub[bins[k]] += 1
+                s1[bins[k + 1]] += 1
+                s2[bins[k + 2]] += 1
+                s3[bins[k + 3]] += 1
+                k += 4
+            while k < m:
+                sub[bins[k]] += 1
+                k += 1
+        b0 += m
+    if sub != NULL:
+        spill = sub[width] + s1[width] + s2[width] + s3[width]
+        sub[width] = 0
+        s1[width] = 0
+        s2[width] = 0
+        s3[width] = 0
+    return spill
+
+
 def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent, Py_ssize_t used=0):
     """Counts every finite ``|x|`` into bin ``floor(|x| * 2**-exponent)`` of ``hist`` (in place).
 
@@ -95,31 +151,56 @@ def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent, Py_ssize_t used
     (optional) is an upper bound on the bins the data can reach (from its
     ``max |x|``): only those are scratch space to clear and add back.
     """
-    cdef Py_ssize_t i, n = x.shape[0], nbins = hist.shape[0], n4, lo, hi, width
+    cdef Py_ssize_t i, n = x.shape[0], nbins = hist.shape[0], n4, lo, hi, width, spill
     cdef double scale = ldexp(1.0, -exponent), v0, v1, v2, v3, top = <double>nbins
+    cdef bint float32_path = False, scratch
     width = nbins if used <= 0 or used > nbins else used
-    # Four int32 sub-histograms, filled round-robin and summed at the end: runs of equal bins (ReLU zeros)
-    # do not wait on the previous increment of the same counter, and the scratch stays small.
-    sub_arr = np.zeros((4, width), dtype=np.int32)
+    # Many values per bin: four int32 sub-histograms, filled round-robin and summed at the end, so that runs
+    # of equal bins (ReLU zeros) do not wait on the previous increment of the same counter.  Few (a small
+    # tensor over many bins): clearing and adding back the scratch would cost more than the counting, so
+    # the values go straight into ``hist``.
+    scratch = n >= SCRATCH_MIN_VALUES_PER_BIN * width
+    sub_arr = np.zeros((4 if scratch else 1, width + 1 if scratch else 1), dtype=np.int32)
     cdef int[:, ::1] sub = sub_arr
+    cdef int* sub_ptr = NULL
+    if scratch:
+        sub_ptr = &sub[0, 0]
+    if real_t is float:
+        float32_path = -126 <= -exponent <= 127
     with nogil:
         lo = 0
         while lo < n:
             hi = min(n, lo + HIST_CHUNK)
-            n4 = lo + (hi - lo) - (hi - lo) % 4
             i = lo
-            while i < n4:
-                v0 = fabs(x[i]) * scale
-                v1 = fabs(x[i + 1]) * scale
-                v2 = fabs(x[i + 2]) * scale
-                v3 = fabs(x[i + 3]) * scale
-                if not (v0 < width and v1 < width and v2 < width and v3 < width):
-                    break  # a value past the scratch (or inf/NaN): the careful loop takes the rest
-                sub[0, <Py_ssize_t>v0] += 1  # truncation is floor for v >= 0
-                sub[1, <Py_ssize_t>v1] += 1
-                sub[2, <Py_ssize_t>v2] += 1
-                sub[3, <Py_ssize_t>v3] += 1
-                i += 4
+            if real_t is float:
+                if float32_path:
+                    spill = _count_float32(&x[lo], hi - lo, <float>scale, width, sub_ptr, &hist[0])
+                    i = hi
+                    if spill > 0:  # values past the scratch, or inf/NaN: placed as the careful loop does
+                        for i in range(lo, hi):
+                            v0 = fabs(x[i]) * scale
+                            if v0 < width:
+                                continue
+                            if not v0 < top:
+                                if v0 != v0 or v0 == INFINITY:
+                                    continue
+                                v0 = top - 1
+                            hist[<Py_ssize_t>v0] += 1
+                        i = hi
+            if scratch:
+                n4 = i + (hi - i) - (hi - i) % 4
+                while i < n4:
+                    v0 = fabs(x[i]) * scale
+                    v1 = fabs(x[i + 1]) * scale
+                    v2 = fabs(x[i + 2]) * scale
+                    v3 = fabs(x[i + 3]) * scale
+                    if not (v0 < width and v1 < width and v2 < width and v3 < width):
+                        break  # a value past the scratch (or inf/NaN): the careful loop takes the rest
+                    sub[0, <Py_ssize_t>v0] += 1  # truncation is floor for v >= 0
+                    sub[1, <Py_ssize_t>v1] += 1
+                    sub[2, <Py_ssize_t>v2] += 1
+                    sub[3, <Py_ssize_t>v3] += 1
+                    i += 4
             while i < hi:
                 v0 = fabs(x[i]) * scale
                 i += 1
@@ -127,16 +208,17 @@ def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent, Py_ssize_t used
                     if v0 != v0 or v0 == INFINITY:
                         continue
                     v0 = top - 1
-                if v0 < width:
+                if scratch and v0 < width:
                     sub[0, <Py_ssize_t>v0] += 1
                 else:
                     hist[<Py_ssize_t>v0] += 1
-            for i in range(width):
-                hist[i] += <cnp.int64_t>sub[0, i] + sub[1, i] + sub[2, i] + sub[3, i]
-                sub[0, i] = 0
-                sub[1, i] = 0
-                sub[2, i] = 0
-                sub[3, i] = 0
+            if scratch:
+                for i in range(width):
+                    hist[i] += <cnp.int64_t>sub[0, i] + sub[1, i] + sub[2, i] + sub[3, i]
+                    sub[0, i] = 0
+                    sub[1, i] = 0
+                    sub[2, i] = 0
+                    sub[3, i] = 0
             lo = hi
 
 

@@ -192,3 +192,24 @@ def test_array_stats_fast_path_matches_the_kernels():
     zeros = np.array([-0.0, 0.0, -0.0], dtype=np.float32)
     lo, hi, absmax, finite, bad = kernels.array_stats(zeros)
     assert (lo, hi, absmax, finite, bad) == (0.0, 0.0, 0.0, 3, 0) and str(lo) == "0.0"
+
+
+@native
+@pytest.mark.parametrize("size", [3, 500, 70_000])  # straight into the histogram, and through the scratch
+@pytest.mark.parametrize("exponent", [-135, -128, -127, -20, 0, 100, 112])
+def test_hist_add_float32_paths(size, exponent):
+    """float32 data is binned in float32 (vectorized) where 2**-exponent is a normal float32, in double
+    elsewhere; small arrays count straight into the histogram.  Every way gives the numpy twin's bins,
+    with inf/NaN skipped, values past ``used`` placed, and products that overflow float32 clamped."""
+    rng = np.random.default_rng(size + abs(exponent))
+    x = (rng.laplace(size=size) * 2.0 ** (exponent + 10)).astype(np.float32)
+    x[:: max(1, size // 3)] = np.float32(np.ldexp(4095.5, exponent))  # the last bin's edge
+    if size > 3:
+        x[0], x[1], x[2] = np.finfo(np.float32).max, np.nan, -np.inf  # |x| * scale may overflow float32
+    expected = np.zeros(4096, dtype=np.int64)
+    kernels._numpy_hist_add(expected, x, exponent)
+    for used in (0, 64, 4096):
+        got = np.zeros(4096, dtype=np.int64)
+        kernels._native.hist_add(got, x, exponent, used)
+        np.testing.assert_array_equal(got, expected)
+    assert expected.sum() == np.isfinite(x).sum()
