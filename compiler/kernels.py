@@ -72,8 +72,8 @@ def _numpy_array_stats(x: np.ndarray) -> tuple[float, float, float, int, int]:
 def _numpy_hist_add(hist: np.ndarray, x: np.ndarray, exponent: int, used: int = 0) -> None:
     flat = _flat_real(x)
     mag = np.abs(flat[np.isfinite(flat)]).astype(np.float64)
-    bins = np.floor(mag * np.ldexp(1.0, -exponent)).astype(np.int64)
-    np.minimum(bins, hist.shape[0] - 1, out=bins)
+    # Clamped before the cast: a product past int64's range would wrap around.
+    bins = np.floor(np.minimum(mag * np.ldexp(1.0, -exponent), hist.shape[0] - 1)).astype(np.int64)
     counts = np.bincount(bins)  # as long as the highest bin reached (``used`` is only a hint here)
     hist[: counts.size] += counts
 
