@@ -49,9 +49,11 @@ is 26 dB (64 synthetic text lines, ``benchmarks/bench_calib.py``).
 
 The loop is :func:`kiln.kernels.kl_divergences` (Cython, GIL released; a
 numpy twin where the extension is not built).  It costs ``O(candidates x
-levels)`` per tensor, not ``O(2048**2)`` (per-level sums from prefix sums;
-see the kernel's docstring), about 2 ms, where the numpy twin takes 90 ms
-and onnxruntime's Python loop 0.6 s (``benchmarks/bench_kernels.py``).
+levels)`` additions per tensor, not ``O(2048**2)``, and one ``log`` per
+distinct level range rather than per level and candidate (prefix sums and a
+per-histogram table of level terms; see the kernel's docstring): about
+0.65 ms, where the numpy twin takes 90 ms and onnxruntime's Python loop
+0.6 s (``benchmarks/bench_kernels.py``).
 ``tests/calib/test_kl.py`` checks it against a slow, literal transcription
 of the steps above on known distributions.
 """
