@@ -76,6 +76,11 @@ def precision_pipeline(int8: bool, fp16: bool, quantize_options: Mapping[str, An
 
 def lower(graph: Graph, options: Mapping[str, Any] | None = None) -> Lowered:
     """The graph as ncnn layers, Split layers included (no file written)."""
+    from kiln.codegen.ncnn.lower import op_tables
+    from kiln.ops.decompose import decompose_unhandled
+
+    _, kiln_ops = op_tables()
+    decompose_unhandled(graph, lambda n: n.op in kiln_ops)  # a kiln op with no ncnn layer: what it was made of
     lowering = Lowering(graph, int8=bool((options or {}).get("int8")))
     lowered = lowering.run()
     if lowered.int8_layers:

@@ -923,6 +923,9 @@ def supported_ops() -> list[str]:
 
 def lower(graph: Graph) -> Lowering:
     """Lowers ``graph``; the result holds the program lines and the weights."""
+    from kiln.ops.decompose import decompose_unhandled
+
+    decompose_unhandled(graph, lambda n: n.op_id in _HANDLERS)  # a kiln op with no TensorRT layer: its parts
     lowering = Lowering(graph)
     lowering.run()
     return lowering

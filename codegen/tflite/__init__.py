@@ -43,11 +43,12 @@ def _check_options(options: Mapping[str, Any]) -> None:
 
 
 def legalize_pipeline(options: Mapping[str, Any] | None = None) -> str:
-    """Target fusions, then channels-last layout (NHWC inputs/outputs with ``nhwc_io``)."""
+    """Target fusions, then channels-last layout (NHWC inputs/outputs with ``nhwc_io``), then activations into
+    the Adds before them (ADD carries the Relu family)."""
     options = dict(options or {})
     _check_options(options)
     layout = "to-nhwc{nhwc-io=true}" if options.get("nhwc_io") else "to-nhwc"
-    return f"target-fusions,lift-1d,{layout},remove-noops,dce"
+    return f"target-fusions,lift-1d,{layout},fuse-add-act,remove-noops,dce"
 
 
 def precision_pipeline(int8: bool, fp16: bool, quantize_options: Mapping[str, Any] | None = None) -> str:

@@ -2,7 +2,8 @@
 
 - Add/Sub/Mul/Div/Pow/Max/Min/comparisons broadcast as ONNX does; n-ary Sum/Max/Min
   are chains; a Relu/Relu6 that is the only reader of an ADD/SUB/MUL/DIV is fused into
-  it (``fused_activation_function``).
+  it (``fused_activation_function``); ``kiln.AddAct`` (``fuse-add-act``, which the
+  target's pipeline runs) is an ADD with its activation fused the same way.
 - Softmax over the last axis is SOFTMAX; opset < 13 Softmax over the axes from
   ``axis`` on is a RESHAPE to 2-D around it; a single inner axis a TRANSPOSE around it.
 - MatMul by a constant 2-D matrix and Gemm are FULLY_CONNECTED (keep_num_dims), other
@@ -89,6 +90,15 @@ def binary(lw: Lowerer, node: Node) -> None:
     if relu is not None:
         lw.alias(node.outputs[0], out)
         lw.skip.add(relu)
+
+
+@lowers("kiln.AddAct")
+def add_act(lw: Lowerer, node: Node) -> None:
+    """An ADD whose fused clamp is the activation (decompose_kiln_ops takes the other activations apart)."""
+    fuse, is_fused = lw.fused(node)
+    assert is_fused, node
+    lw.op("ADD", [operand(lw, node, 0), operand(lw, node, 1)], [lw.define(node.outputs[0])],
+          {"fused_activation_function": fuse})
 
 
 @lowers("onnx.Sum", "onnx.Max", "onnx.Min", "onnx.Mean")

@@ -292,26 +292,16 @@ class Lowerer:
         return self.const(data.astype(np.float32), slope.name)
 
     def fused(self, node: Node) -> tuple[str, bool]:
-        """The fused activation of a kiln ConvAct/GemmAct that TFLite fuses: (name, whether it is fused)."""
-        from kiln.ops.kiln_dialect import activation_params
-
-        act, p = activation_params(node)
-        if act == "Relu":
-            return "RELU", True
-        if act == "Clip":
-            named = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1"}.get((float(p[0]), float(p[1])))
-            if named:
-                return named, True
-            if float(p[0]) == 0.0 and float(p[1]) >= 3.0e38:
-                return "RELU", True
-        return "NONE", False
+        """The fused activation of a kiln ConvAct/GemmAct/AddAct that TFLite fuses: (name, whether it is fused)."""
+        name = fused_activation(node)
+        return (name, True) if name is not None else ("NONE", False)
 
     def finish_act(self, node: Node, raw_out: int, out: int, shape: Sequence[int]) -> None:
         """Applies a kiln op's unfused activation: ``out = act(raw_out)``."""
-        from kiln.ops.kiln_dialect import activation_params
+        from kiln.ops.kiln_dialect import activation_params, activation_slope
 
         act, p = activation_params(node)
-        slope = node.input(3)
+        slope = activation_slope(node)
         self.activation(node, act, p, raw_out, out, shape, slope, node.attr("approximate", "none") or "none")
 
     def conv_output(self, node: Node) -> tuple[int, int, str]:
@@ -374,28 +364,38 @@ def check_static(graph: Graph, source: str | None) -> None:
             )
 
 
+def fused_activation(node: Node) -> str | None:
+    """The ``fused_activation_function`` that computes a kiln fused op's activation (RELU, RELU6,
+    RELU_N1_TO_1), or ``None`` when TFLite's fused clamp cannot (the activation is then an op of its own)."""
+    from kiln.ops.kiln_dialect import activation_params
+
+    act, p = activation_params(node)
+    if act == "Relu":
+        return "RELU"
+    if act == "Clip":
+        lo, hi = float(p[0]), float(p[1])
+        named = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1"}.get((lo, hi))
+        if named:
+            return named
+        if lo == 0.0 and hi >= 3.0e38:
+            return "RELU"
+    return None
+
+
 def decompose_kiln_ops(graph: Graph) -> None:
-    """Replaces kiln ops that have no TFLite handler by their decomposition (to a fixed point)."""
-    from kiln.ops.builder import OpBuilder
-    from kiln.ops.registry import lookup
+    """Replaces kiln ops that have no TFLite handler (or whose handler does not apply) by their decomposition."""
+    from kiln.ops.decompose import decompose_unhandled
 
-    for _ in range(8):
-        todo = [n for n in graph if n.domain == KILN_DOMAIN and (n.op_id not in HANDLERS or not _direct(n))]
-        if not todo:
-            return
-        for node in todo:
-            schema = lookup(node.domain, node.op, node.version)
-            if schema is None or schema.decompose is None:
-                continue
-            b = OpBuilder(graph, before=node, loc=node.loc)
-            outs = schema.decompose(b, node)
-            for old, new in zip(node.outputs, outs):
-                old.replace_all_uses_with(new)
-            graph.remove_node(node)
+    quantized = any(n.is_op("QuantizeLinear") for n in graph)
+    decompose_unhandled(graph, lambda n: n.op_id in HANDLERS and _direct(n, quantized))
 
 
-def _direct(node: Node) -> bool:
-    """Whether a kiln op with a handler takes the direct route (GemmAct needs constant 2-D weights)."""
+def _direct(node: Node, quantized: bool = False) -> bool:
+    """Whether a kiln op with a handler takes the direct route (GemmAct needs constant 2-D weights; AddAct an
+    activation ADD's fused clamp computes, in a float graph: the int8 lowering takes the Add and its
+    activation apart)."""
+    if node.op == "AddAct":
+        return not quantized and fused_activation(node) is not None
     if node.op == "GemmAct":
         w = node.input(1)
         if node.attr("transA", 0) or w is None or w.shape is None or len(w.shape) != 2:

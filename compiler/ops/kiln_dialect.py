@@ -11,6 +11,9 @@
     axes when ``transA``/``transB`` is set.  With 2-D ``A`` and ``B`` this is
     ONNX ``Gemm``; with more axes it is ``MatMul`` (broadcast batch axes) plus
     the scaled bias, so it also stands for a fused ``MatMul + Add + act``.
+``kiln.AddAct(A, B, [slope])``
+    ``act(A + B)`` with ONNX broadcasting: a residual Add and the activation
+    after it (TFLite's ADD carries the Relu family; ``fuse-add-act`` makes it).
 
 The activation is named by ``activation`` (ONNX op spelling, matched without
 regard to case) with its parameters in ``activation_params``, as
@@ -113,7 +116,7 @@ def canonical_activation(name: str) -> str:
 
 
 def activation_params(node: Node) -> tuple[str, list[float]]:
-    """``(activation, params)`` of a ConvAct/GemmAct node, defaults filled in."""
+    """``(activation, params)`` of a ConvAct/GemmAct/AddAct node, defaults filled in."""
     act = canonical_activation(node.attr("activation", "Relu"))
     given = [float(v) for v in (node.attr("activation_params") or [])]
     defaults = list(ACTIVATIONS[act])
@@ -318,6 +321,35 @@ kiln_op(
     decompose=_decompose_gemm_act,
     infer=_infer_gemm_act,
     doc="act(alpha * A @ B + beta * C): Gemm (2-D) or MatMul (N-D) with a fused bias and activation",
+)
+
+
+def activation_slope(node: Node) -> Value | None:
+    """The PRelu slope of a fused op: its last input (``kiln.AddAct``'s third, the others' fourth)."""
+    return node.input(2 if node.op == "AddAct" else 3)
+
+
+# --------------------------------------------------------------------------- AddAct
+
+
+def _infer_add_act(ctx: InferContext) -> list[Type | None]:
+    from kiln.ops.inference.elementwise import infer_binary
+
+    return infer_binary(ctx)
+
+
+def _decompose_add_act(b: OpBuilder, node: Node) -> list[Value]:
+    y = b.Add(node.input(0), node.input(1))
+    return [emit_activation(b, y, node, node.input(2))]
+
+
+kiln_op(
+    "AddAct",
+    inputs=(2, 3),
+    attrs=dict(_ACT_ATTRS),
+    decompose=_decompose_add_act,
+    infer=_infer_add_act,
+    doc="act(A + B): an Add (ONNX broadcasting) with a fused activation (inputs A, B, [PRelu slope])",
 )
 
 

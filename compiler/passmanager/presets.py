@@ -45,6 +45,12 @@ latency with the pass over without it):
 - ``raise-channel-shuffle``: not in ``O2``: it always makes ``kiln.ChannelShuffle``,
   a function of the same three nodes on onnxruntime.
 - ``fuse-act``: not in ``O2`` (onnxruntime fuses activations itself).
+- ``fuse-convtranspose-act`` and ``fuse-add-act``: in no preset and not in ``target-fusions``;
+  each runs in the one target pipeline whose layer carries the activation (NCNN's
+  Deconvolution; TFLite's ADD, for Relu/Relu6/ReluN1To1, after its layout pass).
+  onnxruntime has no fused kernel for either (a kiln op there is a local function it
+  inlines back), nor do TensorRT's layers; the other targets lower a kiln op they have
+  no layer for as its decomposition (``kiln.ops.decompose``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@
   ``y · HardSigmoid(y; 1/6, 1/2)`` (HardSwish) over such a ``y``;
 - ``fuse-{conv,gemm,matmul-bias,matmul}-kiln-act``: the same producers under the
   ``kiln.Gelu`` / ``kiln.Swish`` / ``kiln.HardSwish`` that raising made (a
-  transformer FFN's ``Gelu(x @ W + b)`` becomes one ``kiln.GemmAct``).
+  transformer FFN's ``Gelu(x @ W + b)`` becomes one ``kiln.GemmAct``);
+- ``fuse-add-act`` (a pass of its own, see below): ``act(Add(a, b))`` ->
+  ``kiln.AddAct(a, b)``, the residual block's ``Relu(x + shortcut)``.
 
 ``act`` is one of Relu, Clip (constant bounds), LeakyRelu, Sigmoid,
 HardSigmoid, HardSwish, Swish, Mish, Tanh, Elu, Gelu and PRelu (its slope becomes the
@@ -84,16 +86,18 @@ def activation_of(act: Node) -> tuple[str, list[float], dict[str, str], Value | 
 
 
 def _act_inputs(op: str, inputs: list[Value | None], slope: Value | None) -> list[Value | None]:
+    """The fused op's inputs: a PRelu slope goes last, after kiln.AddAct's two operands or the others' three."""
     if slope is not None:
-        inputs = inputs + [None] * (3 - len(inputs)) + [slope]
+        inputs = inputs + [None] * ((2 if op == "AddAct" else 3) - len(inputs)) + [slope]
     return inputs
 
 
-def _fused(op, kind: str, producer: Node, inputs: list[Value | None], act: Node) -> Value:
+def _fused(op, kind: str, producer: Node | None, inputs: list[Value | None], act: Node) -> Value:
+    """kiln.<kind>(*inputs) carrying ``act``, with ``producer``'s attributes (none for MatMul [+ bias] or Add)."""
     spec = activation_of(act)
     assert not isinstance(spec, str)
     name, params, extra, slope = spec
-    attrs = dict(attrs_of(producer))
+    attrs = dict(attrs_of(producer)) if producer is not None else {}
     attrs.update(extra)
     if params:
         attrs["activation_params"] = params
@@ -159,13 +163,7 @@ def _matmul_bias_check(ctx, act: Node, mm: Value, y: Value, c: Value) -> bool | 
 
 def _matmul_act(op, act: Node, inputs: list[Value | None]) -> Value:
     """kiln.GemmAct(*inputs) carrying ``act``: MatMul [+ bias] has no Gemm attributes to copy."""
-    spec = activation_of(act)
-    assert not isinstance(spec, str)
-    name, params, extra, slope = spec
-    attrs: dict[str, object] = dict(extra)
-    if params:
-        attrs["activation_params"] = params
-    return op.op("GemmAct", *_act_inputs("GemmAct", inputs, slope), _domain="kiln", activation=name, **attrs)
+    return _fused(op, "GemmAct", None, inputs, act)
 
 
 @matmul_bias_act.replace
@@ -173,20 +171,27 @@ def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:
     return _matmul_act(op, act, [a, b, c])
 
 
-@rule("fuse-matmul-act")
-def matmul_act(op, a, b):
-    """act(MatMul(a, b)) -> kiln.GemmAct(a, b)."""
-    return op.op(SIMPLE_ACTIVATIONS, op.MatMul(a, b, _outputs=["y"], _one_use=True), _allow_other_inputs=True, _node="act")
+def _binary_act_rule(name: str, producer: str, acts: str, make) -> Rule:  # type: ignore[no-untyped-def]
+    """``act(<producer>(a, b))`` -> ``make(op, act, [a, b])``, the product or sum read by the activation alone;
+    ``acts`` as in :func:`_producer_rule`."""
+
+    def pattern(op, a, b):  # type: ignore[no-untyped-def]
+        made = getattr(op, producer)(a, b, _outputs=["y"], _one_use=True)
+        if acts == "kiln":
+            return _kiln_act(op, made)
+        return op.op(SIMPLE_ACTIVATIONS, made, _allow_other_inputs=True, _node="act")
+
+    fused = "GemmAct" if producer == "MatMul" else f"{producer}Act"
+    pattern.__doc__ = f"{'kiln.' if acts == 'kiln' else ''}act({producer}(a, b)) -> kiln.{fused}(a, b)."
+    return Rule(
+        name,
+        pattern,
+        replacement=lambda op, act, a, b: make(op, act, [a, b]),
+        check=lambda ctx, act, y: _check_act(act, y),
+    )
 
 
-@matmul_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:
-    return _check_act(act, y)
-
-
-@matmul_act.replace
-def _(op, act: Node, a: Value, b: Value) -> Value:
-    return _matmul_act(op, act, [a, b])
+matmul_act = _binary_act_rule("fuse-matmul-act", "MatMul", "onnx", _matmul_act)
 
 
 # --------------------------------------------------------------------------- MatMul under kiln.Gelu / Swish / HardSwish
@@ -209,20 +214,7 @@ def _(op, act: Node, a: Value, b: Value, c: Value) -> Value:
     return _matmul_act(op, act, [a, b, c])
 
 
-@rule("fuse-matmul-kiln-act")
-def matmul_kiln_act(op, a, b):
-    """kiln.Gelu|Swish|HardSwish(MatMul(a, b)) -> kiln.GemmAct(a, b)."""
-    return _kiln_act(op, op.MatMul(a, b, _outputs=["y"], _one_use=True))
-
-
-@matmul_kiln_act.check
-def _(ctx, act: Node, y: Value) -> bool | str:
-    return _check_act(act, y)
-
-
-@matmul_kiln_act.replace
-def _(op, act: Node, a: Value, b: Value) -> Value:
-    return _matmul_act(op, act, [a, b])
+matmul_kiln_act = _binary_act_rule("fuse-matmul-kiln-act", "MatMul", "kiln", _matmul_act)
 
 
 # --------------------------------------------------------------------------- y * gate(y)
@@ -288,6 +280,17 @@ def _(op, y: Value, gate: Node, args: tuple) -> Value:
     return _gate_replace(op, "GemmAct", y, gate, args)
 
 
+# --------------------------------------------------------------------------- Add
+
+
+def _add_act(op, act: Node, inputs: list[Value | None]) -> Value:
+    return _fused(op, "AddAct", None, inputs, act)
+
+
+add_act = _binary_act_rule("fuse-add-act", "Add", "onnx", _add_act)
+add_kiln_act = _binary_act_rule("fuse-add-kiln-act", "Add", "kiln", _add_act)
+
+
 ACT_RULES = RuleSet(
     [conv_act, gemm_act, matmul_bias_act, matmul_act, conv_kiln_act, gemm_kiln_act, matmul_bias_kiln_act,
      matmul_kiln_act, conv_swish, gemm_swish],
@@ -309,5 +312,15 @@ FuseConvTransposeActivation = register_pass(
     )
 )
 
-__all__ = ["ACT_RULES", "CONV_TRANSPOSE_ACT_RULES", "SIMPLE_ACTIVATIONS", "FuseActivation",
-           "FuseConvTransposeActivation", "activation_of"]
+# A pass of its own, run by the target whose elementwise add carries an activation (TFLite's ADD, for the Relu
+# family), after its layout pass.  onnxruntime has no fused Add + activation kernel (a kiln.AddAct would be a
+# local function it inlines back), NCNN's BinaryOp and TensorRT's elementwise layer carry none, so it is not
+# in fuse-act, O3 or target-fusions.
+ADD_ACT_RULES = RuleSet([add_act, add_kiln_act], name="fuse-add-act")
+
+FuseAddActivation = register_pass(
+    ADD_ACT_RULES.as_pass("fuse-add-act", "Fuses activations into the Add before them (kiln.AddAct).")
+)
+
+__all__ = ["ACT_RULES", "ADD_ACT_RULES", "CONV_TRANSPOSE_ACT_RULES", "SIMPLE_ACTIVATIONS", "FuseActivation",
+           "FuseAddActivation", "FuseConvTransposeActivation", "activation_of"]

@@ -43,9 +43,9 @@ FP16_OPS = frozenset({
     "Concat", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Resize", "Pad",
     "Identity", "ReduceMean", "ReduceMax", "ReduceMin", "Gather", "Expand", "Tile",
 })
-"""Default-domain ops converted to float16 (kiln.ConvAct and kiln.GemmAct too)."""
+"""Default-domain ops converted to float16 (kiln.ConvAct, kiln.GemmAct and kiln.AddAct too)."""
 
-KILN_FP16_OPS = frozenset({"ConvAct", "GemmAct"})
+KILN_FP16_OPS = frozenset({"ConvAct", "GemmAct", "AddAct"})
 
 KEEP_FP32_INPUTS = {"Resize": frozenset({1, 2})}
 """Inputs that stay float32 whatever the node's precision (op -> input indices)."""

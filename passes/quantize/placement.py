@@ -15,7 +15,8 @@ Gemm, kiln.GemmAct, MatMul                  activations per tensor; a constant B
 MaxPool, AveragePool, GlobalAveragePool,    X per tensor
 GlobalMaxPool
 Concat                                      every activation input per tensor
-Add with two activation inputs (residual)   both inputs per tensor
+Add, kiln.AddAct with two activation        both inputs per tensor
+inputs (residual)
 ==========================================  ==========================================
 
 Only float32 values are quantized; biases stay float (TensorRT folds them).
@@ -142,7 +143,7 @@ def layer_for(node: Node, per_channel: bool = True) -> Layer | None:
             layer.acts.append((0, x))  # type: ignore[arg-type]
     elif op == "onnx.Concat":
         layer.acts.extend((i, v) for i, v in enumerate(node.inputs) if is_activation(v))  # type: ignore[misc]
-    elif op == "onnx.Add":
+    elif op in ("onnx.Add", "kiln.AddAct"):
         a, b = node.input(0), node.input(1)
         if is_activation(a) and is_activation(b) and a is not b:
             layer.acts.extend([(0, a), (1, b)])  # type: ignore[list-item]

@@ -302,3 +302,67 @@ def test_conv_transpose_is_not_in_fuse_act() -> None:
                       "c = ConvTranspose<strides=[2,2]>(x, wt, bt)\ny = Relu(c)")
     check_rewrite(text, "fuse-act", fired_exactly={}, ops=["onnx.ConvTranspose", "onnx.Relu"])
     assert kiln_ops()["ConvTransposeAct"].decompose is not None
+
+
+# ------------------------------------------------------------------------------------------ Add
+
+SLOPE_ADD = const_text("slope", (4, 1, 1), 7)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_add_activation(name: str) -> None:
+    """The residual block's act(x + shortcut), the shortcut broadcast over the batch: one kiln.AddAct."""
+    body, opset = ACTIVATIONS[name]
+    text = model_text("(float[2,4,5,5] x, float[1,4,5,5] s) => (float[2,4,5,5] y)", [SLOPE_ADD],
+                      f"c = Add(x, s)\n{body}", opset=max(opset, 13))
+    g, _ = check_rewrite(text, "fuse-add-act", fired_exactly={"fuse-add-act": 1}, ops=["kiln.AddAct"])
+    node = next(iter(g))
+    assert node.attr("activation") == ("Gelu" if name == "GeluTanh" else name)
+    assert node.outputs[0].type == TensorType(DType.FLOAT, (2, 4, 5, 5))
+    assert (node.input(2) is not None) == (name == "PRelu")
+    verify(g)
+
+
+def test_add_clip_keeps_its_bounds() -> None:
+    text = model_text("(float[1,4,5,5] x, float[1,4,5,5] s) => (float[1,4,5,5] y)",
+                      ["float lo = {0.0}", "float hi = {6.0}"], "c = Add(x, s)\ny = Clip(c, lo, hi)")
+    g, _ = check_rewrite(text, "fuse-add-act", fired_exactly={"fuse-add-act": 1}, ops=["kiln.AddAct"])
+    assert next(iter(g)).attr("activation_params") == [0.0, 6.0]
+
+
+def test_add_read_by_more_than_the_activation_is_a_near_miss() -> None:
+    """The sum is a graph output too: fusing would lose it, so the rule refuses and says why."""
+    text = model_text("(float[1,4,5,5] x, float[1,4,5,5] s) => (float[1,4,5,5] y, float[1,4,5,5] c)", [],
+                      "c = Add(x, s)\ny = Relu(c)")
+    graph = kiln.load(parse_model(text))
+    ctx = apply(graph, "fuse-add-act")
+    assert fired(ctx) == {}
+    assert op_ids(graph) == ["onnx.Add", "onnx.Relu"]
+
+
+def test_add_of_integers_is_a_near_miss() -> None:
+    text = model_text("(int32[4] x, int32[4] s) => (int32[4] y)", [], "c = Add(x, s)\ny = Relu(c)", opset=14)
+    check_rewrite(text, "fuse-add-act", fired_exactly={}, ops=["onnx.Add", "onnx.Relu"])
+
+
+def test_add_under_a_kiln_activation() -> None:
+    """kiln.Gelu (what raising makes where the opset has no Gelu) over an Add."""
+    text = (
+        '<ir_version: 8, opset_import: ["" : 13, "kiln" : 1]>\n'
+        "g (float[3,6] x, float[6] b) => (float[3,6] y) {\nc = Add(x, b)\ny = kiln.Gelu(c)\n}\n"
+    )
+    graph = kiln.load(parse_model(text))
+    feed = random_feed(kiln.to_onnx(graph))
+    expected = run_ort(kiln.to_onnx(graph), feed)
+    assert fired(apply(graph, "fuse-add-act")) == {"fuse-add-kiln-act": 1}
+    assert op_ids(graph) == ["kiln.AddAct"] and next(iter(graph)).attr("activation") == "Gelu"
+    assert_close(expected, run_ort(kiln.to_onnx(graph), feed))
+
+
+def test_add_act_is_not_in_fuse_act() -> None:
+    """onnxruntime, NCNN and TensorRT run an Add and its activation as two kernels anyway: only the TFLite
+    pipeline, whose ADD carries the Relu family, fuses them."""
+    text = model_text("(float[1,4,5,5] x, float[1,4,5,5] s) => (float[1,4,5,5] y)", [], "c = Add(x, s)\ny = Relu(c)")
+    check_rewrite(text, "fuse-act", fired_exactly={}, ops=["onnx.Add", "onnx.Relu"])
+    check_rewrite(text, "O3", fired_exactly={}, ops=["onnx.Add", "onnx.Relu"])
+    assert kiln_ops()["AddAct"].decompose is not None

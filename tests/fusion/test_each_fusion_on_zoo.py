@@ -23,7 +23,7 @@ PASSES = (
     "fuse-bn", "fuse-bias", "fuse-pad", "fuse-act", "fuse-gemm", "fold-elementwise", "raise-norm", "raise-gelu",
     "raise-swish", "raise-softmax", "raise-attention", "raise-patterns", "raise-channel-shuffle",
     "fuse-sibling-conv", "fuse-sibling-matmul", "fuse-concat-split", "merge-slices", "fuse-global-pool",
-    "fuse-convtranspose-act",
+    "fuse-convtranspose-act", "fuse-add-act",
 )
 MODELS = (
     "ppocr_cls", "ppocr_rec", "light_squeezenet", "light_shufflenet", "timm_mobilenetv3_large_100_ts",

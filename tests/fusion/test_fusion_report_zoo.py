@@ -3,7 +3,7 @@ pipelines, not in O2, since onnxruntime fuses Conv + activation itself):
 
 - no BatchNormalization left that could fold into the Conv/ConvTranspose/Gemm/MatMul before it;
 - no Conv/ConvTranspose/Gemm left whose only reader is an activation fuse-act knows (ConvTranspose: the
-  NCNN pipeline's fuse-convtranspose-act, checked with it);
+  NCNN pipeline's fuse-convtranspose-act, checked with it), nor an Add (the TFLite pipeline's fuse-add-act);
 - every transformer block's LayerNorm, GELU and attention one op each: no ReduceMean, Erf or Softmax left.
 """
 
@@ -39,12 +39,12 @@ def _only_reader(node):
 
 @pytest.mark.parametrize("name", CNNS)
 def test_cnn_after_o3_has_nothing_left_to_fuse(name: str) -> None:
-    graph = _optimized(name, "O3,fuse-convtranspose-act")
+    graph = _optimized(name, "O3,fuse-convtranspose-act,fuse-add-act")
     for node in graph:
         if node.op == "BatchNormalization":
             producer = node.inputs[0].producer if node.inputs[0] is not None else None
             assert producer is None or producer.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "ConvAct"), node
-        if node.domain == "" and node.op in ("Conv", "ConvTranspose", "Gemm"):
+        if node.domain == "" and node.op in ("Conv", "ConvTranspose", "Gemm", "Add"):
             reader = _only_reader(node)
             assert reader is None or reader.domain != "" or reader.op not in SIMPLE_ACTIVATIONS, (node, reader)
 

@@ -477,3 +477,13 @@ def test_squeeze_excitation_near_misses_keep_convolutions(tmp_path, case):
     err, param = compile_and_compare(model, tmp_path)
     assert err < 1e-5
     assert "InnerProduct" not in [f[0] for f in param_layers(param)]
+
+
+def test_kiln_op_without_a_layer_is_written_as_its_parts(tmp_path):
+    """A pipeline that ran TFLite's fuse-add-act leaves kiln.AddAct, which no ncnn layer computes: the lowering
+    writes its decomposition, a BinaryOp and the activation layer."""
+    nodes, consts = conv([N("Add", ["c", "x"], ["s"]), N("Sigmoid", ["s"], ["y"])], cout=4, pads=[1, 1, 1, 1])
+    err, param = compile_and_compare(make_model(nodes, X4, {"y": None}, consts), tmp_path,
+                                     pipeline="O2,fuse-add-act")
+    assert err < 1e-4
+    assert [f[0] for f in param_layers(param)][-2:] == ["BinaryOp", "Sigmoid"]

@@ -309,3 +309,24 @@ def test_1d_network_is_lifted_to_2d_kernels(tmp_path) -> None:
     assert "add_convolution_nd" in text and "trt.Dims([1, 3])" in text and "trt.Dims([1, 2])" in text
     got = trt_double.run_program(program, net.feed())
     assert rel_error(got[y], ort_run(model, net.feed())[y]) < 1e-5
+
+
+def test_kiln_op_without_a_layer_is_emitted_as_its_parts(tmp_path) -> None:
+    """A pipeline that ran fuse-add-act (TFLite's) leaves kiln.AddAct, which TensorRT has no layer for: the
+    lowering emits its decomposition, an elementwise sum and an activation."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "layout"))
+    from kiln.runtime.onnxruntime import run as ort_run
+    from nets import Net
+
+    net = Net((1, 4, 6, 6))
+    c = net.node("Conv", ["x", net.w((4, 4, 3, 3)), net.w((4,))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    y = net.node("LeakyRelu", [net.node("Add", [c, "x"])], alpha=0.1)
+    model = net.model(y)
+    graph = frontend.load(model)
+    optimize(graph, pipeline=f"O2,{target.legalize_pipeline({})},fuse-add-act")
+    assert "kiln.AddAct" in [n.op_id for n in graph]
+    program = target.emit(graph, tmp_path, "m", {"fp16": False, "int8": False, "input_shapes": {}})[0]
+    text = program.read_text()
+    assert "ElementWiseOperation.SUM" in text and "ActivationType.LEAKY_RELU" in text
+    got = trt_double.run_program(program, net.feed())
+    assert rel_error(got[y], ort_run(model, net.feed())[y]) < 1e-5

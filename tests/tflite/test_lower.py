@@ -176,6 +176,32 @@ def test_prelu_and_hardswish_fused_into_conv(tmp_path: Path) -> None:
     assert {"PRELU", "HARD_SWISH"} <= set(_check(net, [y], tmp_path))
 
 
+def _add_activations(path: Path) -> list[str]:
+    """The fused_activation_function of every ADD, by name."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(path.read_bytes(), 0))
+    acts = {v: k for k, v in vars(fb.ActivationFunctionType).items() if not k.startswith("_")}
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    return [acts[op.builtinOptions.fusedActivationFunction] for op in model.subgraphs[0].operators
+            if names[codes[op.opcodeIndex]] == "ADD"]
+
+
+def test_residual_add_carries_its_activation(tmp_path: Path) -> None:
+    """fuse-add-act in the target's pipeline: Relu and Relu6 after a residual Add become the ADD's fused clamp;
+    a Sigmoid, which ADD cannot carry, stays an op of its own."""
+    net = Net((1, 4, 6, 6))
+    conv = net.node("Conv", ["x", net.w((4, 4, 3, 3))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    relu = net.node("Relu", [net.node("Add", [conv, "x"])])
+    relu6 = net.node("Clip", [net.node("Add", [relu, "x"]), net.const(np.array(0, np.float32)),
+                              net.const(np.array(6, np.float32))])
+    gate = net.node("Sigmoid", [net.node("Add", [relu6, conv])])
+    ops = _check(net, [gate], tmp_path)
+    assert "RELU" not in ops and "RELU6" not in ops and "LOGISTIC" in ops
+    assert _add_activations(tmp_path / "out" / "net.tflite") == ["RELU", "RELU6", "NONE"]
+
+
 def test_nhwc_io_has_no_transpose(tmp_path: Path) -> None:
     net = Net((1, 3, 8, 8))
     x = net.node("Conv", ["x", net.w((8, 3, 3, 3))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
