@@ -41,7 +41,8 @@ def _extensions() -> list:
     ext = Extension(
         "kiln._kernels",
         sources=["csrc/kernels.pyx"],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), "csrc"],
+        depends=["csrc/stats_simd.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     )

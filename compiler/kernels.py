@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import numpy as np
 
@@ -187,6 +188,60 @@ def hist_add(hist: np.ndarray, x: np.ndarray, exponent: int, used: int = 0) -> N
         _native.hist_add(hist, flat, int(exponent), int(used))
     else:
         _numpy_hist_add(hist, flat, int(exponent), int(used))
+
+
+def exponent_for(absmax: float, num_bins: int, min_exponent: int) -> int:
+    """The smallest ``e`` with ``absmax < num_bins * 2**e`` (at least ``min_exponent``)."""
+    if not absmax > 0 or not math.isfinite(absmax):
+        return min_exponent
+    _, k = math.frexp(absmax / num_bins)  # absmax / num_bins = m * 2**k, 0.5 <= m < 1
+    return max(k, min_exponent)
+
+
+def _numpy_hist_observe(hist: np.ndarray, flat: np.ndarray, exponent: int,
+                        min_exponent: int) -> tuple[int, float, float, int, int]:
+    """The twin of the native one-pass kernel: statistics, growth, then counting, each over the whole array."""
+    lo, hi, absmax, finite, bad = array_stats(flat)
+    if finite == 0:
+        return exponent, math.inf, -math.inf, 0, bad
+    grown = exponent_for(absmax, hist.shape[0], min_exponent)
+    if grown > exponent:
+        hist_coarsen(hist, grown - exponent)
+        exponent = grown
+    used = min(hist.shape[0], int(math.ldexp(absmax, -exponent)) + 1)
+    hist_add(hist, flat, exponent, used)
+    return exponent, lo, hi, finite, bad
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(num_bins: int) -> np.ndarray:
+    """This thread's four zeroed int32 sub-histograms for ``num_bins`` bins (the kernel leaves them zeroed)."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.shape[1] != num_bins + 1:
+        buf = _SCRATCH.buf = np.zeros((4, num_bins + 1), dtype=np.int32)
+    return buf
+
+
+def hist_observe(hist: np.ndarray, x: np.ndarray, exponent: int,
+                 min_exponent: int) -> tuple[int, float, float, int, int]:
+    """Adds every finite ``|x|`` to ``hist`` (int64, bin width ``2**exponent``), first coarsening it (in place)
+    to the smallest exponent, at least ``exponent``, that covers the largest ``|x|``.
+
+    Returns:
+        (the exponent now, min, max, finite count, non-finite count) over ``x``; min and max of no finite
+        value are inf and -inf, and a zero min or max is +0.0.
+    """
+    flat = _flat_real(x)
+    if _native is not None and flat.dtype == np.float32:
+        e, lo, hi, finite, bad = _native.hist_observe(hist, flat, int(exponent), int(min_exponent),
+                                                      _scratch(hist.shape[0]))
+    else:
+        e, lo, hi, finite, bad = _numpy_hist_observe(hist, flat, int(exponent), int(min_exponent))
+    if finite == 0:
+        return int(e), math.inf, -math.inf, 0, int(bad)
+    return int(e), float(lo) + 0.0, float(hi) + 0.0, int(finite), int(bad)
 
 
 def hist_coarsen(hist: np.ndarray, shift: int) -> None:

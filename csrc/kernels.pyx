@@ -1,8 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""kiln._kernels: native loops for constant statistics and (later) calibration.
+"""kiln._kernels: native loops for constant statistics and calibration (histograms, the KL and MSE searches).
 
-Every function here has a numpy twin in ``kiln.kernels`` with the same
-signature; ``kiln.kernels`` picks this module when it was built.
+Every function here has a numpy twin in ``kiln.kernels`` (the same signature,
+less ``hist_observe``'s scratch argument); ``kiln.kernels`` picks this module
+when it was built.  ``stats_simd.h`` holds the one loop written with SIMD
+intrinsics (SSE2, with a scalar fallback for other CPUs).
 """
 
 import numpy as np
@@ -52,7 +54,7 @@ def per_channel_absmax(cnp.ndarray array not None, int axis=0):
 # and the threshold searches (TensorRT's KL divergence, expected MSE).  Each
 # releases the GIL around its loop.  The numpy twins are in kiln.kernels.
 
-from libc.math cimport floor, log, log1p, nearbyint, ldexp, isfinite, fabsf, INFINITY
+from libc.math cimport floor, frexp, log, log1p, nearbyint, ldexp, isfinite, fabsf, INFINITY
 
 ctypedef fused real_t:
     float
@@ -222,6 +224,28 @@ def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent, Py_ssize_t used
             lo = hi
 
 
+cdef void _coarsen(cnp.int64_t* hist, Py_ssize_t nbins, int shift) noexcept nogil:
+    cdef Py_ssize_t j, k, group
+    cdef cnp.int64_t total
+    if shift <= 0:
+        return
+    if shift >= 62 or (<Py_ssize_t>1 << shift) >= nbins:
+        total = 0
+        for k in range(nbins):
+            total += hist[k]
+            hist[k] = 0
+        hist[0] = total
+    else:
+        group = <Py_ssize_t>1 << shift
+        for j in range(nbins // group):
+            total = 0
+            for k in range(j * group, (j + 1) * group):
+                total += hist[k]
+            hist[j] = total
+        for j in range(nbins // group, nbins):
+            hist[j] = 0
+
+
 def hist_coarsen(cnp.int64_t[::1] hist, int shift):
     """Merges every ``2**shift`` consecutive bins into one, in place (the tail is zeroed).
 
@@ -229,26 +253,113 @@ def hist_coarsen(cnp.int64_t[::1] hist, int shift):
     of the input: the histogram of the same data at a bin width ``2**shift``
     times larger.
     """
-    cdef Py_ssize_t nbins = hist.shape[0], j, k, group
-    cdef cnp.int64_t total
     if shift <= 0:
         return
     with nogil:
-        if shift >= 62 or (<Py_ssize_t>1 << shift) >= nbins:
-            total = 0
-            for k in range(nbins):
-                total += hist[k]
-                hist[k] = 0
-            hist[0] = total
-        else:
-            group = <Py_ssize_t>1 << shift
-            for j in range(nbins // group):
-                total = 0
-                for k in range(j * group, (j + 1) * group):
-                    total += hist[k]
-                hist[j] = total
-            for j in range(nbins // group, nbins):
-                hist[j] = 0
+        _coarsen(&hist[0], hist.shape[0], shift)
+
+
+cdef extern from "stats_simd.h" nogil:
+    void kiln_stats_f32(const float* x, Py_ssize_t n, float* lo, float* hi, Py_ssize_t* bad)
+
+
+cdef enum:
+    OBSERVE_BLOCK = 8192  # float32 values (32 KiB) whose statistics are taken and that are counted while in cache
+
+
+cdef void _flush(int* sub, Py_ssize_t row, cnp.int64_t* hist, Py_ssize_t used) noexcept nogil:
+    """Adds the four int32 sub-histograms' first ``used`` bins to ``hist`` and zeroes them."""
+    cdef Py_ssize_t j
+    for j in range(used):
+        hist[j] += <cnp.int64_t>sub[j] + sub[row + j] + sub[2 * row + j] + sub[3 * row + j]
+        sub[j] = 0
+        sub[row + j] = 0
+        sub[2 * row + j] = 0
+        sub[3 * row + j] = 0
+
+
+def hist_observe(cnp.int64_t[::1] hist, const float[::1] x, int exponent, int min_exponent, int[:, ::1] scratch):
+    """Adds float32 ``x`` to ``hist`` (bin width ``2**exponent``), growing the width as the data needs.
+
+    One pass over ``x``, a block at a time: the block's min, max and non-finite
+    count (SIMD, ``stats_simd.h``), then, if its largest ``|x|`` is past the
+    last bin, the histogram coarsened to the smallest exponent that covers it
+    (exact, as ``hist_coarsen``), then the block counted while it is still in
+    cache.  The result is the twin's (``array_stats``, grow, ``hist_add`` over the
+    whole array) bit for bit: the final exponent covers the largest ``|x|``
+    either way, and a value counted before a growth lands where the growth
+    moves its bin.
+
+    ``scratch``: four zeroed int32 rows of ``len(hist) + 1`` counters (left
+    zeroed), used when ``x`` is large; any other shape means none.
+
+    Returns:
+        (exponent, min, max, finite count, non-finite count).
+    """
+    cdef Py_ssize_t n = x.shape[0], nbins = hist.shape[0], row = nbins + 1
+    cdef Py_ssize_t b0, m, i, spill, bad = 0, bad_b, since_flush = 0
+    cdef float lo = INFINITY, hi = -INFINITY, blo, bhi
+    cdef double am, amax = 0.0, scale, v0, top = <double>nbins
+    cdef int e = exponent, enew, k
+    cdef bint f32
+    cdef int* sub = NULL
+    if scratch.shape[0] == 4 and scratch.shape[1] == row and n >= SCRATCH_MIN_VALUES_PER_BIN * nbins:
+        sub = &scratch[0, 0]
+    with nogil:
+        scale = ldexp(1.0, -e)
+        f32 = -126 <= -e <= 127
+        b0 = 0
+        while b0 < n:
+            m = min(<Py_ssize_t>OBSERVE_BLOCK, n - b0)
+            blo = INFINITY
+            bhi = -INFINITY
+            bad_b = 0
+            kiln_stats_f32(&x[b0], m, &blo, &bhi, &bad_b)
+            bad += bad_b
+            if bad_b < m:
+                if blo < lo:
+                    lo = blo
+                if bhi > hi:
+                    hi = bhi
+                am = fabs(blo) if fabs(blo) > fabs(bhi) else fabs(bhi)
+                if am > amax:
+                    amax = am
+                if not am < ldexp(top, e):  # past the last bin: grow to the smallest exponent covering it
+                    frexp(am / top, &k)
+                    enew = k if k > min_exponent else min_exponent
+                    if enew > e:
+                        if sub != NULL:
+                            _flush(sub, row, &hist[0], nbins)
+                            since_flush = 0
+                        _coarsen(&hist[0], nbins, enew - e)
+                        e = enew
+                        scale = ldexp(1.0, -e)
+                        f32 = -126 <= -e <= 127
+                if f32:
+                    spill = _count_float32(&x[b0], m, <float>scale, nbins, sub, &hist[0])
+                    if spill > 0:  # rounding at the very top, or inf/NaN: placed as hist_add's careful loop does
+                        for i in range(b0, b0 + m):
+                            v0 = fabs(x[i]) * scale
+                            if v0 < top or v0 != v0 or v0 == INFINITY:
+                                continue
+                            hist[nbins - 1] += 1
+                else:  # a bin width float32 cannot scale by (tiny or huge data): the double-precision loop
+                    for i in range(b0, b0 + m):
+                        v0 = fabs(x[i]) * scale
+                        if v0 != v0 or v0 == INFINITY:
+                            continue
+                        if not v0 < top:
+                            v0 = top - 1
+                        hist[<Py_ssize_t>v0] += 1
+                since_flush += m
+                if sub != NULL and since_flush >= HIST_CHUNK:
+                    _flush(sub, row, &hist[0], nbins)
+                    since_flush = 0
+            b0 += m
+        if sub != NULL:
+            am = amax * scale
+            _flush(sub, row, &hist[0], nbins if am >= top else <Py_ssize_t>am + 1)
+    return e, lo, hi, n - bad, bad
 
 
 # Taylor coefficients of (1 - x) log(1 - x) = -x + sum_{k>=2} x**k / (k (k - 1)), k = 2 .. 9.

@@ -5,10 +5,12 @@ its finite values and a histogram of ``|x|`` with a fixed number of bins
 (``NUM_BINS = 2**14`` by default) whose bin width is always a power of two,
 ``2**e``.  Bin ``j`` covers ``[j * 2**e, (j + 1) * 2**e)``.
 
-Range growth.  When a batch holds a value at or above ``num_bins * 2**e``,
-the exponent grows to the smallest ``e'`` that covers the batch's largest
-``|x|`` and every ``2**(e' - e)`` consecutive old bins are summed into one
-new bin; then the batch is counted.
+Range growth.  When the data holds a value at or above ``num_bins * 2**e``,
+the exponent grows to the smallest ``e'`` that covers its largest ``|x|``
+and every ``2**(e' - e)`` consecutive old bins are summed into one new bin;
+then the data is counted.  The native kernel does this in one pass, a block
+of a few thousand values at a time (statistics, growth, counting while the
+block is in cache), so a width can grow in the middle of a batch.
 
 Why this is exact.  A value ``x`` counted at exponent ``e`` sits in bin
 ``floor(|x| / 2**e)``; after growing by ``d`` it is in bin
@@ -53,10 +55,7 @@ MIN_EXPONENT = -160
 
 def exponent_for(absmax: float, num_bins: int = NUM_BINS) -> int:
     """The smallest ``e`` with ``absmax < num_bins * 2**e`` (at least :data:`MIN_EXPONENT`)."""
-    if not absmax > 0 or not math.isfinite(absmax):
-        return MIN_EXPONENT
-    _, k = math.frexp(absmax / num_bins)  # absmax / num_bins = m * 2**k, 0.5 <= m < 1
-    return max(k, MIN_EXPONENT)
+    return kernels.exponent_for(absmax, num_bins, MIN_EXPONENT)
 
 
 class TensorHistogram:
@@ -106,13 +105,11 @@ class TensorHistogram:
         flat = kernels._flat_real(x)
         if flat.size == 0:
             return
-        lo, hi, absmax, finite, bad = kernels.array_stats(flat)
+        # One pass: the kernel grows the bin width (coarsening the bins, exactly) as the data needs it.
+        self.exponent, lo, hi, finite, bad = kernels.hist_observe(self.bins, flat, self.exponent, MIN_EXPONENT)
         self.nonfinite += bad
         if finite == 0:
             return
-        self.grow(exponent_for(absmax, self.num_bins))
-        used = min(self.num_bins, int(math.ldexp(absmax, -self.exponent)) + 1)
-        kernels.hist_add(self.bins, flat, self.exponent, used)
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
         self.count += finite

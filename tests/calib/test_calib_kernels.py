@@ -213,3 +213,47 @@ def test_hist_add_float32_paths(size, exponent):
         kernels._native.hist_add(got, x, exponent, used)
         np.testing.assert_array_equal(got, expected)
     assert expected.sum() == np.isfinite(x).sum()
+
+
+def _observe_cases():
+    """(name, data, starting exponent, starting histogram) cases for the one-pass kernel."""
+    rng = np.random.default_rng(11)
+    big = 8 * 4096 + 5000  # past the scratch threshold for 4096 bins
+    growing = np.concatenate([rng.laplace(size=big // 4) * 0.01 * 10.0 ** k for k in range(4)]).astype(np.float32)
+    special = (rng.standard_normal(big) * 3).astype(np.float32)
+    special[[7, 9000, 20_000, 33_000]] = [np.nan, np.inf, -np.inf, np.finfo(np.float32).max]
+    tiny = (rng.standard_normal(20_000) * 2.0 ** -130).astype(np.float32)  # subnormal: a double-precision width
+    zeros = np.zeros(50_000, dtype=np.float32)
+    zeros[::3] = -0.0
+    relu = np.maximum(rng.standard_normal(big), 0).astype(np.float32)
+    prior = np.zeros(4096, dtype=np.int64)
+    prior[:3000] = rng.integers(0, 50, 3000)
+    return [
+        ("growing blocks", growing, -160, None),
+        ("inf, nan, float32 max", special, -160, None),
+        ("subnormals", tiny, -160, None),
+        ("subnormals then growth", np.concatenate([tiny, growing]), -160, None),
+        ("signed zeros", zeros, -160, None),
+        ("relu, small", relu[:1000], -160, None),
+        ("relu into a coarser histogram", relu, 3, prior),
+        ("relu into a finer histogram", relu, -20, prior),
+        ("all nan", np.full(100, np.nan, dtype=np.float32), -5, prior),
+        ("float64", growing.astype(np.float64), -160, None),
+    ]
+
+
+@pytest.mark.parametrize("case", _observe_cases(), ids=lambda c: c[0])
+def test_hist_observe_twins(case):
+    """The one-pass kernel (statistics and counting per cached block, growing the width mid-array) leaves the
+    bins, exponent and statistics of the twin, which takes statistics, grows, then counts the whole array."""
+    _, x, exponent, start = case
+    hists = [np.zeros(4096, dtype=np.int64) if start is None else start.copy() for _ in range(2)]
+    got = kernels.hist_observe(hists[0], x, exponent, -160)
+    want = kernels._numpy_hist_observe(hists[1], kernels._flat_real(x), exponent, -160)
+    e, lo, hi, finite, bad = want
+    assert got[0] == e and got[3:] == (finite, bad)
+    if finite:
+        assert (got[1], got[2]) == (lo, hi) and str(got[1]) != "-0.0" and str(got[2]) != "-0.0"
+    np.testing.assert_array_equal(hists[0], hists[1])
+    assert hists[0].sum() == finite + (0 if start is None else start.sum())
+    assert not kernels._scratch(4096).any()  # the scratch is left zeroed for the next call
