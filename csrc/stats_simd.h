@@ -15,6 +15,24 @@
 #include <math.h>
 #include <stddef.h>
 
+/* The scalar loop: other CPUs, and the tail of a block on x86-64. */
+static inline void kiln_stats_f32_scalar(const float *x, ptrdiff_t n, float *lo, float *hi, ptrdiff_t *bad) {
+    float l = *lo, h = *hi;
+    ptrdiff_t i, nbad = 0;
+    for (i = 0; i < n; i++) {
+        float v = x[i];
+        if (!(fabsf(v) < INFINITY)) {
+            nbad++;
+            continue;
+        }
+        if (v < l) l = v;
+        if (v > h) h = v;
+    }
+    *lo = l;
+    *hi = h;
+    *bad += nbad;
+}
+
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 
@@ -51,37 +69,16 @@ static inline void kiln_stats_f32(const float *x, ptrdiff_t n, float *lo, float 
         if (lanes_hi[k] > h) h = lanes_hi[k];
         nbad += lanes_bad[k];
     }
-    for (; i < n; i++) {
-        float v = x[i];
-        if (!(fabsf(v) < INFINITY)) {
-            nbad++;
-            continue;
-        }
-        if (v < l) l = v;
-        if (v > h) h = v;
-    }
     *lo = l;
     *hi = h;
     *bad += nbad;
+    kiln_stats_f32_scalar(x + i, n - i, lo, hi, bad);
 }
 
 #else
 
 static inline void kiln_stats_f32(const float *x, ptrdiff_t n, float *lo, float *hi, ptrdiff_t *bad) {
-    float l = *lo, h = *hi;
-    ptrdiff_t i, nbad = 0;
-    for (i = 0; i < n; i++) {
-        float v = x[i];
-        if (!(fabsf(v) < INFINITY)) {
-            nbad++;
-            continue;
-        }
-        if (v < l) l = v;
-        if (v > h) h = v;
-    }
-    *lo = l;
-    *hi = h;
-    *bad += nbad;
+    kiln_stats_f32_scalar(x, n, lo, hi, bad);
 }
 
 #endif

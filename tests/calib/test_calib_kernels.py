@@ -257,3 +257,32 @@ def test_hist_observe_twins(case):
     np.testing.assert_array_equal(hists[0], hists[1])
     assert hists[0].sum() == finite + (0 if start is None else start.sum())
     assert not kernels._scratch(4096).any()  # the scratch is left zeroed for the next call
+
+
+def test_stats_header_scalar_and_sse2_paths_agree(tmp_path):
+    """csrc/stats_simd.h compiled as on x86-64 (SSE2) and as on other CPUs (its scalar loop): the same min, max
+    and non-finite count on data with NaN, infinities and a length that leaves a tail."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    cc = sysconfig.get_config_var("CC") or "cc"
+    if shutil.which(cc.split()[0]) is None:
+        pytest.skip(f"no C compiler ({cc}) to build the header's test program")
+    header = Path(__file__).resolve().parents[2] / "csrc"
+    program = tmp_path / "stats.c"
+    program.write_text(
+        '#include <stdio.h>\n#include "stats_simd.h"\n'
+        "int main(void) {\n"
+        "  float x[1003]; ptrdiff_t bad = 0; float lo = INFINITY, hi = -INFINITY; int i;\n"
+        "  for (i = 0; i < 1003; i++) x[i] = (float)((i * 7919) % 2003) - 1001.5f;\n"
+        "  x[5] = NAN; x[600] = INFINITY; x[1001] = -INFINITY; x[1002] = -2000.25f;\n"
+        "  kiln_stats_f32(x, 1003, &lo, &hi, &bad);\n"
+        '  printf("%.9g %.9g %td\\n", lo, hi, bad);\n  return 0;\n}\n'
+    )
+    outputs = []
+    for flags in ([], ["-U__SSE2__", "-U_M_X64"]):
+        exe = tmp_path / f"stats{len(outputs)}"
+        subprocess.run([*cc.split(), "-O2", f"-I{header}", *flags, str(program), "-o", str(exe), "-lm"], check=True)
+        outputs.append(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split())
+    assert outputs[0] == outputs[1] == ["-2000.25", "1000.5", "3"]
