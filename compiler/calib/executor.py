@@ -53,11 +53,11 @@ def _is_float(value: Any) -> bool:
     return value.dtype in (DType.FLOAT, DType.FLOAT16, DType.DOUBLE, DType.BFLOAT16)
 
 
-def calibration_model(graph: Any, tensors: Iterable[str] | None = None) -> tuple[bytes, list[str], list[str]]:
+def calibration_model(graph: Any, tensors: Iterable[str] | None = None) -> tuple[Any, list[str], list[str]]:
     """The graph as ONNX with every tensor to calibrate added as an output.
 
     Returns:
-        (serialized model, output names to fetch, graph input names to observe from the feed).
+        (the ModelProto, output names to fetch, graph input names to observe from the feed).
     """
     import onnx
     from kiln.exporter import to_onnx
@@ -84,13 +84,17 @@ def calibration_model(graph: Any, tensors: Iterable[str] | None = None) -> tuple
             info.type.CopyFrom(type_to_proto(value.type))
         proto.graph.output.append(info)
         fetch.append(name)
-    return proto.SerializeToString(), fetch, observed_inputs
+    return proto, fetch, observed_inputs
 
 
-def make_session(model: bytes | str, threads: int | None = None, basic: bool = False) -> Any:
-    """An onnxruntime CPU session; ``basic``: only onnxruntime's basic graph optimizations (a session made for a
-    few runs, where the full optimizer's time would outweigh what it saves)."""
+def make_session(model: Any, threads: int | None = None, basic: bool = False,
+                 initializers: dict[str, Any] | None = None) -> Any:
+    """An onnxruntime CPU session on a path, bytes or ModelProto; ``basic``: only onnxruntime's basic graph
+    optimizations (a session made for a few runs, where the full optimizer's time would outweigh what it
+    saves); ``initializers``: the arrays of a ModelProto's detached initializers
+    (:func:`kiln.runtime.onnxruntime.detach_initializers`), read in place."""
     import onnxruntime as ort
+    from kiln.runtime.onnxruntime import session
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -103,9 +107,10 @@ def make_session(model: bytes | str, threads: int | None = None, basic: bool = F
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise KilnError(f"onnxruntime cannot load the calibration model: {' '.join(str(exc).split())}") from exc
+        return session(model, options=options, initializers=initializers)
+    except KilnError as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise KilnError(f"onnxruntime cannot load the calibration model: {' '.join(str(cause).split())}") from exc
 
 
 @dataclass
@@ -224,13 +229,16 @@ def collect(
     bar = ProgressBar(total, enabled=progress)
     try:
         if workers == 1:
+            from kiln.runtime.onnxruntime import constant_arrays, detach_initializers
+
             job = _Job("", fetch, observed, source, specs, batch, static, num_bins, None, histograms)
-            session = make_session(model)
+            # The weights reach onnxruntime as the graph's own arrays, not through a serialized copy.
+            session = make_session(model, initializers=detach_initializers(model, constant_arrays(graph)))
             stats = _run(job, session, indices, count if indices is None else None, bar.update)
         else:
             assert indices is not None
-            stats = _collect_parallel(model, fetch, observed, source, specs, batch, static, num_bins,
-                                      indices, workers, bar, histograms)
+            stats = _collect_parallel(model.SerializeToString(), fetch, observed, source, specs, batch, static,
+                                      num_bins, indices, workers, bar, histograms)
     finally:
         bar.close()
     if stats.samples == 0:

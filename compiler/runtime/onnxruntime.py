@@ -3,6 +3,12 @@
 ``run(model, inputs)`` runs an ONNX model given as a path, serialized bytes or
 a ``ModelProto``; ``random_inputs(model, seed, input_shapes)`` makes the
 deterministic inputs ``kiln verify`` feeds both sides.
+
+Sessions on kiln's own graphs (calibration, the int8 report, the sensitivity
+searches) hand onnxruntime the large weights as the graph's arrays, read in
+place (:func:`detach_initializers`, ``session(..., initializers=...)``):
+serializing 100 MB of weights into a protobuf and parsing them back costs more
+than a small model's whole calibration run.
 """
 
 from __future__ import annotations
@@ -32,21 +38,115 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def session(model: Any) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU, quiet unless something fails."""
+IN_MEMORY = "kiln-in-memory"
+"""The external-data location of an initializer whose bytes onnxruntime gets as an array instead."""
+
+IN_MEMORY_MIN_BYTES = 1 << 16
+"""Smaller initializers stay in the protobuf (the bookkeeping would cost more than their bytes)."""
+
+
+def constant_arrays(graph: Any) -> dict[str, np.ndarray]:
+    """The root graph's constants by value name: the arrays ``to_onnx`` writes as its initializers."""
+    arrays: dict[str, np.ndarray] = {}
+    for v in graph.value_by_name().values():
+        if v.const is not None and v.producer is None and v.graph is graph:
+            arrays[v.name] = np.asarray(v.const.numpy())
+    return arrays
+
+
+def detach_initializers(proto: Any, arrays: Mapping[str, np.ndarray],
+                        min_bytes: int = IN_MEMORY_MIN_BYTES) -> dict[str, np.ndarray]:
+    """Turns every root initializer of ``proto`` that ``arrays`` holds (same element type and shape, at
+    least ``min_bytes``) into an in-memory reference: its bytes leave the protobuf, and ``session`` hands
+    onnxruntime the array.  In place; returns the detached arrays by name."""
+    from onnx import TensorProto, helper
+
+    detached: dict[str, np.ndarray] = {}
+    for init in proto.graph.initializer:
+        arr = arrays.get(init.name)
+        if arr is None or arr.nbytes < min_bytes or init.data_location == TensorProto.EXTERNAL:
+            continue
+        if (init.data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or not arr.flags.c_contiguous
+                or arr.dtype != helper.tensor_dtype_to_np_dtype(init.data_type)
+                or arr.dtype.byteorder == ">" or tuple(arr.shape) != tuple(init.dims)):
+            continue
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            init.ClearField(field)
+        init.data_location = TensorProto.EXTERNAL
+        del init.external_data[:]
+        for key, value in (("location", IN_MEMORY), ("length", str(arr.nbytes))):
+            entry = init.external_data.add()
+            entry.key, entry.value = key, value
+        detached[init.name] = arr
+    return detached
+
+
+def in_memory_names(proto: Any) -> list[str]:
+    """The root initializers of ``proto`` that :func:`detach_initializers` left as in-memory references."""
+    from onnx import TensorProto
+
+    return [init.name for init in proto.graph.initializer
+            if init.data_location == TensorProto.EXTERNAL
+            and any(e.key == "location" and e.value == IN_MEMORY for e in init.external_data)]
+
+
+def _names_read(graph: Any) -> set[str]:
+    """Every value name a node of ``graph`` or of its subgraphs reads, and the graph's outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= _names_read(sub)
+    return names
+
+
+def session(model: Any, *, initializers: Mapping[str, np.ndarray] | None = None, options: Any = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU, quiet unless something fails.
+
+    ``model`` is a path, serialized bytes or a ``ModelProto``; ``initializers``: the arrays of the
+    initializers :func:`detach_initializers` took out of it (a ``ModelProto`` then: the names are read
+    from it), which onnxruntime reads in place for the session's life.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
     source: Any = model
+    keep: list[Any] = []
     if isinstance(model, os.PathLike):
         source = os.fspath(model)
     elif not isinstance(model, (str, bytes)):
+        names = in_memory_names(model) if initializers is not None else []
+        missing = [n for n in names if n not in initializers]  # type: ignore[operator]
+        if missing:
+            raise KilnError(f"initializer {missing[0]!r} was detached from the model, but no array was given")
+        if names:
+            assert initializers is not None
+            read = _names_read(model.graph)
+            unread = set(names) - read
+            if unread:  # onnxruntime drops an unread initializer before it would take its array, then refuses it
+                from onnx import ModelProto
+
+                copy = ModelProto()
+                copy.CopyFrom(model)  # kilobytes: the detached weights have no bytes in it
+                kept = [init for init in copy.graph.initializer if init.name not in unread]
+                del copy.graph.initializer[:]
+                copy.graph.initializer.extend(kept)
+                model = copy
+                names = [n for n in names if n in read]
+            keep = [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names]
+            if names:
+                options.add_external_initializers(names, keep)
+            keep.extend(initializers[n] for n in names)
         source = model.SerializeToString()  # a ModelProto
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelLoadError(f"onnxruntime cannot load it: {_one_line(exc)}", file=_describe(model)) from exc
+    sess._kiln_in_memory = keep  # onnxruntime reads these arrays in place: they live as long as the session
+    return sess
 
 
 def run(model: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

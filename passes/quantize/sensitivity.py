@@ -68,8 +68,13 @@ class QuantProbe:
             raise UsageError(f"{purpose} measures layers on calibration data; a calibration table is not enough")
         self.progress = calibration.progress
         self.ranges = ranges
+        from kiln.runtime.onnxruntime import constant_arrays, detach_initializers
+
         self._onnx = onnx
         self.base = to_onnx(graph)
+        # The weights stay the graph's arrays, read in place by every probe's session: the copies of the base
+        # that the probes make and serialize are then kilobytes, not the model's size.
+        self._weights = detach_initializers(self.base, constant_arrays(graph))
         self.outputs = [o.name for o in self.base.graph.output]
         self.feeds, self.samples = _feeds(graph, calibration, samples)
         if not self.feeds:
@@ -113,8 +118,11 @@ class QuantProbe:
     def graph_sqnr(self, graph: Graph) -> float:
         """Output SQNR of ``graph`` (the quantized model itself) against the float model, on the check samples."""
         from kiln.exporter import to_onnx
+        from kiln.runtime.onnxruntime import constant_arrays, detach_initializers
 
-        return sqnr_db(self.check_reference, self._run(to_onnx(graph), self.outputs, self.check_feeds))
+        model = to_onnx(graph)
+        weights = detach_initializers(model, constant_arrays(graph))
+        return sqnr_db(self.check_reference, self._run(model, self.outputs, self.check_feeds, weights))
 
     def sensitivity(self, layers: Sequence[Layer]) -> dict[str, float]:
         """Layer name -> output SQNR with only that layer quantized."""
@@ -204,16 +212,17 @@ class QuantProbe:
         model.CopyFrom(self.base)
         return model
 
-    def _run(self, model: Any, outputs: list[str], feeds: list[dict[str, np.ndarray]] | None = None
-             ) -> list[np.ndarray]:
+    def _run(self, model: Any, outputs: list[str], feeds: list[dict[str, np.ndarray]] | None = None,
+             weights: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         got: list[np.ndarray] = []
-        for result in self._run_each(model, outputs, feeds=feeds):
+        for result in self._run_each(model, outputs, feeds=feeds, weights=weights):
             got.extend(result)
         return got
 
     def _run_each(self, model: Any, outputs: list[str], basic: bool = False,
-                  feeds: list[dict[str, np.ndarray]] | None = None) -> Iterable[list[np.ndarray]]:
-        session = make_session(model.SerializeToString(), basic=basic)
+                  feeds: list[dict[str, np.ndarray]] | None = None,
+                  weights: dict[str, np.ndarray] | None = None) -> Iterable[list[np.ndarray]]:
+        session = make_session(model, basic=basic, initializers=self._weights if weights is None else weights)
         for feed in self.feeds if feeds is None else feeds:
             yield session.run(outputs, feed)
 

@@ -41,7 +41,7 @@ def test_statistics_match_a_direct_run(graph):
     data = samples(9, seed=5)
     stats = collect(graph, open_source(data, input_specs(graph)), batch_size=2)
     model, fetch, _ = calibration_model(graph)
-    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     for name, value in zip(fetch, sess.run(fetch, {"x": data})):
         h = TensorHistogram()
         h.observe(value)
@@ -167,3 +167,38 @@ def test_pipelined_reduction_propagates_errors(graph, monkeypatch):
     monkeypatch.setattr(histogram.TensorHistogram, "observe", flaky)
     with pytest.raises(RuntimeError, match="reduction failed"):
         collect(graph, open_source(samples(16), input_specs(graph)), batch_size=2)
+
+
+def test_weights_reach_onnxruntime_as_the_graphs_arrays():
+    """Calibration and the int8 report hand onnxruntime the large weights as arrays read in place: the
+    protobuf it parses drops to kilobytes, the outputs are the same, a detached weight that no node reads
+    any more (a probe's replaced float weight) is left out, and a missing array is a clear error."""
+    from kiln.errors import KilnError
+    from kiln.runtime.onnxruntime import constant_arrays, detach_initializers, session
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 32, 3, 3)).astype(np.float32)  # 73 KB: detached
+    b = rng.standard_normal(64).astype(np.float32)  # 256 B: stays in the protobuf
+    spare = rng.standard_normal((128, 256)).astype(np.float32)  # read by nothing in the copy below
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 8, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]), opset_imports=[helper.make_opsetid("", 17)])
+    graph = kiln.load(model)
+    proto = kiln.to_onnx(graph)
+    full = proto.SerializeToString()
+    detached = detach_initializers(proto, constant_arrays(graph))
+    assert set(detached) == {"w"} and proto.ByteSize() < 2000 < len(full)
+    x = rng.standard_normal((1, 32, 8, 8)).astype(np.float32)
+    expected = session(full).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(session(proto, initializers=detached).run(None, {"x": x})[0], expected)
+
+    proto.graph.initializer.append(numpy_helper.from_array(spare, "spare"))
+    detached.update(detach_initializers(proto, {"spare": spare}))
+    np.testing.assert_array_equal(session(proto, initializers=detached).run(None, {"x": x})[0], expected)
+    assert len(proto.graph.initializer) == 3  # the caller's model is left as it was
+
+    with pytest.raises(KilnError, match="'w' was detached"):
+        session(proto, initializers={})
