@@ -3,10 +3,10 @@
 On a 1M-element float32 activation (ReLU of a standard normal: 50% exact zeros, as after a ReLU; and a
 Laplace, a heavy-tailed signed one), per kernel:
 
-* histogram accumulation: ``hist_observe`` into an empty histogram of 2**14 stored bins, what
-  :meth:`kiln.calib.histogram.TensorHistogram.observe` runs per tensor and batch: native, one pass of cached
-  blocks (SIMD statistics, growth, counting); the twin, ``array_stats`` (numpy's SIMD min/max) then
-  ``hist_add`` over the whole array;
+* histogram accumulation: a batch into a histogram of 2**14 stored bins that earlier batches gave its width,
+  what :meth:`kiln.calib.histogram.TensorHistogram.observe` runs per tensor and batch after the first: native,
+  ``hist_observe``, one pass of cached blocks (SIMD statistics, counting); the twin, ``array_stats`` (numpy's
+  SIMD min/max) then ``hist_add`` over the whole array;
 * KL search: TensorRT's divergence curve over the 2048-bin analysis histogram (1921 candidates, 128 levels);
 * MSE search: the expected quantization error at every one of the 2048 candidate thresholds;
 * and the issue's figure of merit, histogram collection plus KL search for the tensor.
@@ -60,11 +60,12 @@ def measure(kind: str, repeat: int) -> dict[str, float]:
     assert native is not None, "kiln._kernels is not built (python setup.py build_ext --inplace)"
     x = data(kind)
     scratch = kernels._scratch(NUM_BINS)
+    width = exponent_for(kernels.array_stats(x)[2], NUM_BINS)  # as a first batch leaves it
 
-    # What TensorHistogram.observe runs with each build, from an empty histogram.
+    # What TensorHistogram.observe runs with each build on a batch after the first.
     def collect_native() -> np.ndarray:
         hist = np.zeros(NUM_BINS, dtype=np.int64)
-        native.hist_observe(hist, x, MIN_EXPONENT, MIN_EXPONENT, scratch)
+        native.hist_observe(hist, x, width, MIN_EXPONENT, scratch)
         return hist
 
     def collect_numpy() -> np.ndarray:

@@ -200,7 +200,8 @@ def exponent_for(absmax: float, num_bins: int, min_exponent: int) -> int:
 
 def _numpy_hist_observe(hist: np.ndarray, flat: np.ndarray, exponent: int,
                         min_exponent: int) -> tuple[int, float, float, int, int]:
-    """The twin of the native one-pass kernel: statistics, growth, then counting, each over the whole array."""
+    """The twin of the native one-pass kernel: statistics, growth, then counting, each over the whole array
+    (``hist_add`` is itself native when the kernels are built)."""
     lo, hi, absmax, finite, bad = array_stats(flat)
     if finite == 0:
         return exponent, math.inf, -math.inf, 0, bad
@@ -234,10 +235,13 @@ def hist_observe(hist: np.ndarray, x: np.ndarray, exponent: int,
         value are inf and -inf, and a zero min or max is +0.0.
     """
     flat = _flat_real(x)
-    if _native is not None and flat.dtype == np.float32:
+    if _native is not None and flat.dtype == np.float32 and exponent > min_exponent:
         e, lo, hi, finite, bad = _native.hist_observe(hist, flat, int(exponent), int(min_exponent),
                                                       _scratch(hist.shape[0]))
     else:
+        # A histogram's first data (or float64): statistics over the whole array first (numpy's SIMD min/max),
+        # so that the width is set once; block after block it would widen a few times, each a flush and a
+        # coarsening of every bin.
         e, lo, hi, finite, bad = _numpy_hist_observe(hist, flat, int(exponent), int(min_exponent))
     if finite == 0:
         return int(e), math.inf, -math.inf, 0, int(bad)

@@ -36,42 +36,39 @@ static inline void kiln_stats_f32_scalar(const float *x, ptrdiff_t n, float *lo,
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 
+/* Finite data (the usual case) takes four operations per four values: min and max (MINPS/MAXPS return
+ * their second operand when the first is NaN, so a NaN never enters them) and an unordered compare that
+ * notes any NaN.  A block whose result shows an infinity or a NaN is taken again by the scalar loop,
+ * which counts them and leaves them out. */
 static inline void kiln_stats_f32(const float *x, ptrdiff_t n, float *lo, float *hi, ptrdiff_t *bad) {
-    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
-    const __m128 pos_inf = _mm_set1_ps(INFINITY);
-    const __m128 neg_inf = _mm_set1_ps(-INFINITY);
-    const __m128i one = _mm_set1_epi32(1);
-    __m128 lo0 = pos_inf, lo1 = pos_inf, hi0 = neg_inf, hi1 = neg_inf;
-    __m128i bad0 = _mm_setzero_si128();
-    ptrdiff_t i = 0, nbad = 0;
+    __m128 lo0 = _mm_set1_ps(INFINITY), lo1 = lo0, hi0 = _mm_set1_ps(-INFINITY), hi1 = hi0;
+    __m128 nan0 = _mm_setzero_ps(), nan1 = nan0;
+    ptrdiff_t i = 0;
     float l, h, lanes_lo[4], lanes_hi[4];
-    int lanes_bad[4], k;
-    /* At most 2**30 values per call keeps each lane's int32 count far from overflow. */
+    int k;
     for (; i + 8 <= n; i += 8) {
         __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
-        /* |v| < inf is false for inf and NaN */
-        __m128 fa = _mm_cmplt_ps(_mm_and_ps(a, abs_mask), pos_inf);
-        __m128 fb = _mm_cmplt_ps(_mm_and_ps(b, abs_mask), pos_inf);
-        bad0 = _mm_add_epi32(bad0, _mm_andnot_si128(_mm_castps_si128(fa), one));
-        bad0 = _mm_add_epi32(bad0, _mm_andnot_si128(_mm_castps_si128(fb), one));
-        lo0 = _mm_min_ps(_mm_or_ps(_mm_and_ps(fa, a), _mm_andnot_ps(fa, pos_inf)), lo0);
-        lo1 = _mm_min_ps(_mm_or_ps(_mm_and_ps(fb, b), _mm_andnot_ps(fb, pos_inf)), lo1);
-        hi0 = _mm_max_ps(_mm_or_ps(_mm_and_ps(fa, a), _mm_andnot_ps(fa, neg_inf)), hi0);
-        hi1 = _mm_max_ps(_mm_or_ps(_mm_and_ps(fb, b), _mm_andnot_ps(fb, neg_inf)), hi1);
+        lo0 = _mm_min_ps(a, lo0);
+        lo1 = _mm_min_ps(b, lo1);
+        hi0 = _mm_max_ps(a, hi0);
+        hi1 = _mm_max_ps(b, hi1);
+        nan0 = _mm_or_ps(nan0, _mm_cmpunord_ps(a, a));
+        nan1 = _mm_or_ps(nan1, _mm_cmpunord_ps(b, b));
     }
     _mm_storeu_ps(lanes_lo, _mm_min_ps(lo0, lo1));
     _mm_storeu_ps(lanes_hi, _mm_max_ps(hi0, hi1));
-    _mm_storeu_si128((__m128i *)lanes_bad, bad0);
-    l = *lo;
-    h = *hi;
+    l = INFINITY;
+    h = -INFINITY;
     for (k = 0; k < 4; k++) {
         if (lanes_lo[k] < l) l = lanes_lo[k];
         if (lanes_hi[k] > h) h = lanes_hi[k];
-        nbad += lanes_bad[k];
     }
-    *lo = l;
-    *hi = h;
-    *bad += nbad;
+    if (_mm_movemask_ps(_mm_or_ps(nan0, nan1)) != 0 || l == -INFINITY || h == INFINITY) {
+        kiln_stats_f32_scalar(x, n, lo, hi, bad);  /* inf or NaN in the block: the careful loop, from the start */
+        return;
+    }
+    if (l < *lo) *lo = l;
+    if (h > *hi) *hi = h;
     kiln_stats_f32_scalar(x + i, n - i, lo, hi, bad);
 }
 

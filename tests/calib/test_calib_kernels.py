@@ -245,18 +245,26 @@ def _observe_cases():
 @pytest.mark.parametrize("case", _observe_cases(), ids=lambda c: c[0])
 def test_hist_observe_twins(case):
     """The one-pass kernel (statistics and counting per cached block, growing the width mid-array) leaves the
-    bins, exponent and statistics of the twin, which takes statistics, grows, then counts the whole array."""
+    bins, exponent and statistics of the twin, which takes statistics, grows, then counts the whole array;
+    so does kernels.hist_observe, which gives a histogram's first data to the twin's order."""
     _, x, exponent, start = case
-    hists = [np.zeros(4096, dtype=np.int64) if start is None else start.copy() for _ in range(2)]
-    got = kernels.hist_observe(hists[0], x, exponent, -160)
-    want = kernels._numpy_hist_observe(hists[1], kernels._flat_real(x), exponent, -160)
-    e, lo, hi, finite, bad = want
-    assert got[0] == e and got[3:] == (finite, bad)
-    if finite:
-        assert (got[1], got[2]) == (lo, hi) and str(got[1]) != "-0.0" and str(got[2]) != "-0.0"
-    np.testing.assert_array_equal(hists[0], hists[1])
-    assert hists[0].sum() == finite + (0 if start is None else start.sum())
-    assert not kernels._scratch(4096).any()  # the scratch is left zeroed for the next call
+    flat = kernels._flat_real(x)
+    want_hist = np.zeros(4096, dtype=np.int64) if start is None else start.copy()
+    e, lo, hi, finite, bad = kernels._numpy_hist_observe(want_hist, flat, exponent, -160)
+    ways = {"hist_observe": lambda h: kernels.hist_observe(h, x, exponent, -160)}
+    if kernels.NATIVE and flat.dtype == np.float32:
+        ways["native kernel"] = lambda h: kernels._native.hist_observe(h, flat, exponent, -160, kernels._scratch(4096))
+    for way, observe in ways.items():
+        hist = np.zeros(4096, dtype=np.int64) if start is None else start.copy()
+        got = observe(hist)
+        assert got[0] == e and tuple(got[3:]) == (finite, bad), way
+        if finite:
+            assert (got[1] + 0.0, got[2] + 0.0) == (lo, hi), way
+            if way == "hist_observe":
+                assert str(got[1]) != "-0.0" and str(got[2]) != "-0.0"
+        np.testing.assert_array_equal(hist, want_hist, err_msg=way)
+        assert hist.sum() == finite + (0 if start is None else start.sum())
+        assert not kernels._scratch(4096).any(), way  # the scratch is left zeroed for the next call
 
 
 def test_stats_header_scalar_and_sse2_paths_agree(tmp_path):
