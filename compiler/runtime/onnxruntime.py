@@ -101,6 +101,35 @@ def _names_read(graph: Any) -> set[str]:
     return names
 
 
+def _with_arrays(model: Any, initializers: Mapping[str, np.ndarray] | None, options: Any) -> tuple[bytes, list[Any]]:
+    """The bytes of a ``ModelProto`` whose detached initializers go to ``options`` as arrays, and what must
+    stay alive while the session reads them."""
+    import onnxruntime as ort
+
+    names = in_memory_names(model)
+    missing = [n for n in names if initializers is None or n not in initializers]
+    if missing:
+        raise KilnError(f"initializer {missing[0]!r} was detached from the model, but no array was given")
+    if not names:
+        return model.SerializeToString(), []
+    assert initializers is not None
+    read = _names_read(model.graph)
+    unread = set(names) - read
+    if unread:  # onnxruntime drops an unread initializer before it would take its array, then refuses the name
+        from onnx import ModelProto
+
+        copy = ModelProto()
+        copy.CopyFrom(model)  # kilobytes: the detached weights have no bytes in it
+        kept = [init for init in copy.graph.initializer if init.name not in unread]
+        del copy.graph.initializer[:]
+        copy.graph.initializer.extend(kept)
+        model, names = copy, [n for n in names if n in read]
+    values = [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names]
+    if names:
+        options.add_external_initializers(names, values)
+    return model.SerializeToString(), values + [initializers[n] for n in names]
+
+
 def session(model: Any, *, initializers: Mapping[str, np.ndarray] | None = None, options: Any = None) -> Any:
     """An ``onnxruntime.InferenceSession`` on the CPU, quiet unless something fails.
 
@@ -118,29 +147,7 @@ def session(model: Any, *, initializers: Mapping[str, np.ndarray] | None = None,
     if isinstance(model, os.PathLike):
         source = os.fspath(model)
     elif not isinstance(model, (str, bytes)):
-        names = in_memory_names(model) if initializers is not None else []
-        missing = [n for n in names if n not in initializers]  # type: ignore[operator]
-        if missing:
-            raise KilnError(f"initializer {missing[0]!r} was detached from the model, but no array was given")
-        if names:
-            assert initializers is not None
-            read = _names_read(model.graph)
-            unread = set(names) - read
-            if unread:  # onnxruntime drops an unread initializer before it would take its array, then refuses it
-                from onnx import ModelProto
-
-                copy = ModelProto()
-                copy.CopyFrom(model)  # kilobytes: the detached weights have no bytes in it
-                kept = [init for init in copy.graph.initializer if init.name not in unread]
-                del copy.graph.initializer[:]
-                copy.graph.initializer.extend(kept)
-                model = copy
-                names = [n for n in names if n in read]
-            keep = [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names]
-            if names:
-                options.add_external_initializers(names, keep)
-            keep.extend(initializers[n] for n in names)
-        source = model.SerializeToString()  # a ModelProto
+        source, keep = _with_arrays(model, initializers, options)
     try:
         sess = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -200,5 +200,6 @@ def test_weights_reach_onnxruntime_as_the_graphs_arrays():
     np.testing.assert_array_equal(session(proto, initializers=detached).run(None, {"x": x})[0], expected)
     assert len(proto.graph.initializer) == 3  # the caller's model is left as it was
 
-    with pytest.raises(KilnError, match="'w' was detached"):
-        session(proto, initializers={})
+    for missing in ({}, None):
+        with pytest.raises(KilnError, match="'w' was detached"):
+            session(proto, initializers=missing)
