@@ -143,6 +143,17 @@ cdef Py_ssize_t _count_float32(const float* x, Py_ssize_t n, float scale, Py_ssi
     return spill
 
 
+cdef void _flush(int* sub, Py_ssize_t row, cnp.int64_t* hist, Py_ssize_t used) noexcept nogil:
+    """Adds the four int32 sub-histograms' first ``used`` bins to ``hist`` and zeroes them."""
+    cdef Py_ssize_t j
+    for j in range(used):
+        hist[j] += <cnp.int64_t>sub[j] + sub[row + j] + sub[2 * row + j] + sub[3 * row + j]
+        sub[j] = 0
+        sub[row + j] = 0
+        sub[2 * row + j] = 0
+        sub[3 * row + j] = 0
+
+
 def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent, Py_ssize_t used=0):
     """Counts every finite ``|x|`` into bin ``floor(|x| * 2**-exponent)`` of ``hist`` (in place).
 
@@ -215,12 +226,7 @@ def hist_add(cnp.int64_t[::1] hist, real_t[::1] x, int exponent, Py_ssize_t used
                 else:
                     hist[<Py_ssize_t>v0] += 1
             if scratch:
-                for i in range(width):
-                    hist[i] += <cnp.int64_t>sub[0, i] + sub[1, i] + sub[2, i] + sub[3, i]
-                    sub[0, i] = 0
-                    sub[1, i] = 0
-                    sub[2, i] = 0
-                    sub[3, i] = 0
+                _flush(sub_ptr, width + 1, &hist[0], width)
             lo = hi
 
 
@@ -265,17 +271,6 @@ cdef extern from "stats_simd.h" nogil:
 
 cdef enum:
     OBSERVE_BLOCK = 8192  # float32 values (32 KiB) whose statistics are taken and that are counted while in cache
-
-
-cdef void _flush(int* sub, Py_ssize_t row, cnp.int64_t* hist, Py_ssize_t used) noexcept nogil:
-    """Adds the four int32 sub-histograms' first ``used`` bins to ``hist`` and zeroes them."""
-    cdef Py_ssize_t j
-    for j in range(used):
-        hist[j] += <cnp.int64_t>sub[j] + sub[row + j] + sub[2 * row + j] + sub[3 * row + j]
-        sub[j] = 0
-        sub[row + j] = 0
-        sub[2 * row + j] = 0
-        sub[3 * row + j] = 0
 
 
 def hist_observe(cnp.int64_t[::1] hist, const float[::1] x, int exponent, int min_exponent, int[:, ::1] scratch):

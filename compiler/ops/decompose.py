@@ -27,13 +27,11 @@ def decompose_unhandled(graph: Graph, handles: Callable[[Node], bool]) -> int:
 
     done = 0
     for _ in range(MAX_ROUNDS):
-        todo = [n for n in graph if n.domain == KILN_DOMAIN and not handles(n)]
-        todo = [n for n in todo if (s := lookup(n.domain, n.op, n.version)) is not None and s.decompose is not None]
+        todo = [(n, lookup(n.domain, n.op, n.version)) for n in graph if n.domain == KILN_DOMAIN and not handles(n)]
+        todo = [(n, schema) for n, schema in todo if schema is not None and schema.decompose is not None]
         if not todo:
             break
-        for node in todo:
-            schema = lookup(node.domain, node.op, node.version)
-            assert schema is not None and schema.decompose is not None
+        for node, schema in todo:
             b = OpBuilder(graph, before=node, loc=node.loc)
             outs = schema.decompose(b, node)
             for old, new in zip(node.outputs, outs):

@@ -63,13 +63,12 @@ class QuantProbe:
         import onnx
         from kiln.calib import CalibrationConfig
         from kiln.exporter import to_onnx
+        from kiln.runtime.onnxruntime import constant_arrays, detach_initializers
 
         if not isinstance(calibration, CalibrationConfig):
             raise UsageError(f"{purpose} measures layers on calibration data; a calibration table is not enough")
         self.progress = calibration.progress
         self.ranges = ranges
-        from kiln.runtime.onnxruntime import constant_arrays, detach_initializers
-
         self._onnx = onnx
         self.base = to_onnx(graph)
         # The weights stay the graph's arrays, read in place by every probe's session: the copies of the base
