@@ -117,7 +117,7 @@ def child_float(model_path: str, calib: str) -> dict:
 
 
 def child_kiln(model_path: str, calib: str, calibrator: str, out: str, workers: int, images: str | None = None,
-               keep_float: int = 0, min_sqnr: float = 0.0) -> dict:
+               keep_float: int = 0, min_sqnr: float = 0.0, entropy_floor: float | None = None) -> dict:
     """``images``: a MODELS key; ``calib`` is then a folder of images preprocessed as that model wants."""
     import kiln
     import kiln.calib.executor
@@ -134,9 +134,11 @@ def child_kiln(model_path: str, calib: str, calibrator: str, out: str, workers: 
     image = ImageOptions(**MODELS[images][2]) if images else None
     start = time.perf_counter()
     config = CalibrationConfig(calib, batch_size=BATCH, workers=workers, progress=False, image=image)
-    result = kiln.compile(model_path, "onnx", out, calibration=config,
-                          int8=True, quantize_options={"calibrator": calibrator, "keep_float": int(keep_float or 0),
-                                            "min_sqnr": float(min_sqnr or 0)}, stem="model")
+    options = {"calibrator": calibrator, "keep_float": int(keep_float or 0), "min_sqnr": float(min_sqnr or 0)}
+    if entropy_floor is not None:
+        options["entropy_floor"] = float(entropy_floor)
+    result = kiln.compile(model_path, "onnx", out, calibration=config, int8=True, quantize_options=options,
+                          stem="model")
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "calib_s": calib_seconds[0], "rss_mb": _rss_mb(),
             "report_s": report_seconds[0] if report_seconds else None,
@@ -201,12 +203,34 @@ def child_ort(model13: str, calib: str, method: str, out: str, count: int | None
     if count:
         data = data[:count]
     name = onnx.load(model13, load_external_data=False).graph.input[0].name
+    calib_seconds = _time_ort_calibration()
     start = time.perf_counter()
     quantize_static(model13, out, _Reader(data, name), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    return {"seconds": time.perf_counter() - start, "rss_mb": _rss_mb(), "artifact": out, "samples": len(data)}
+    return {"seconds": time.perf_counter() - start, "calib_s": calib_seconds[0], "rss_mb": _rss_mb(),
+            "artifact": out, "samples": len(data)}
+
+
+def _time_ort_calibration() -> list[float]:
+    """Times onnxruntime's calibration inside ``quantize_static``, the counterpart of kiln's: making the
+    calibrator (the augmented model and its session), ``collect_data`` and ``compute_data``; returns a
+    one-element list filled in later."""
+    import onnxruntime.quantization.quantize  # noqa: F401  (the module, not the function of the same name)
+
+    module = sys.modules["onnxruntime.quantization.quantize"]
+    total = [0.0]
+    make = _timed(module.create_calibrator, total)
+
+    def create_calibrator(*a, **k):  # type: ignore[no-untyped-def]
+        calibrator = make(*a, **k)
+        calibrator.collect_data = _timed(calibrator.collect_data, total)
+        calibrator.compute_data = _timed(calibrator.compute_data, total)
+        return calibrator
+
+    module.create_calibrator = create_calibrator
+    return total
 
 
 def child_kl(calib: str, model_path: str) -> dict:
@@ -393,6 +417,8 @@ def main() -> int:
     p.add_argument("--no-ort", action="store_true")
     p.add_argument("--keep-float", default="rec:entropy:8",
                    help="extra kiln rows MODEL:CALIBRATOR:N with --keep-float N (comma-separated; '' for none)")
+    p.add_argument("--trt-entropy", default="cls,det,rec",
+                   help="models with an extra kiln row of TensorRT's KL search alone (--entropy-floor 0; '' for none)")
     p.add_argument("--min-sqnr", default="det:entropy:25,rec:entropy:25",
                    help="extra kiln rows MODEL:CALIBRATOR:DB with --min-sqnr DB (comma-separated; '' for none)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "calib"))
@@ -417,6 +443,13 @@ def main() -> int:
                 r["calib_cpu_ratio"] = ratio["calib_cpu_s"] / ratio["float_cpu_s"] if "calib_s" in ratio else None
                 r["ratio_run"] = ratio
             rows.append({"model": model, "tool": "kiln", "method": cal, "float_s": base["seconds"], **r})
+            print(json.dumps(rows[-1]), flush=True)
+        if model in args.trt_entropy.split(","):
+            r = spawn("kiln", str(path), str(calib), "entropy", str(tmp / f"{model}_kiln_trt"), 1, None, 0, 0, 0)
+            if "error" not in r:
+                r.update(accuracy(model, str(path), r["artifact"], str(test)))
+            rows.append({"model": model, "tool": "kiln", "method": "entropy --entropy-floor 0", "float_s": base["seconds"],
+                         **r})
             print(json.dumps(rows[-1]), flush=True)
         for spec in filter(None, args.keep_float.split(",")):
             which, cal, n = spec.split(":")
@@ -475,6 +508,32 @@ def main() -> int:
     return 0
 
 
+def _seconds(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _calibration_against_calibration(rows: list[dict]) -> list[str]:
+    """onnxruntime's calibration time (inside quantize_static: its calibrator, collect_data, compute_data)
+    against kiln's (inside kiln.compile: collection and ranges), per sample, same method and data."""
+    kiln_rows = {(r["model"], r["method"]): r for r in rows if r["tool"] == "kiln" and r.get("calib_s")}
+    out = []
+    for r in rows:
+        k = kiln_rows.get((r["model"], r["method"].lower()))
+        if r["tool"] != "onnxruntime" or not r.get("calib_s") or k is None:
+            continue
+        ratio = (r["calib_s"] / r["samples"]) / (k["calib_s"] / k["samples"])
+        out.append(f"| {r['model']} | {r['method']} | {k['calib_s']:.3f} ({k['samples']}) | "
+                   f"{r['calib_s']:.3f} ({r['samples']}) | {ratio:.1f} |")
+    if not out:
+        return []
+    return ["", ("Calibration against calibration, inside the whole runs above: kiln's collection and range "
+                 "computation in `kiln.compile`, onnxruntime's calibrator (augmented model and session), "
+                 "`collect_data` and `compute_data` in `quantize_static`; per sample, since onnxruntime's histogram "
+                 "methods see fewer samples on det and rec:"), "",
+            "| model | method | kiln s (samples) | onnxruntime s (samples) | onnxruntime / kiln per sample |",
+            "|---|---|---|---|---|", *out]
+
+
 def write_report(rows: list[dict], memory: dict[str, list[dict]], kl: dict, args: argparse.Namespace, out: Path) -> None:
     import onnxruntime
 
@@ -501,12 +560,12 @@ def write_report(rows: list[dict], memory: dict[str, list[dict]], kl: dict, args
         "",
         ("| model | tool | method | calibration x float | calibration CPU x float CPU | whole x float | "
          "whole without the int8 report x float | "
-         "peak RSS MB | output SQNR dB | top-1 agreement | note |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+         "calibration s | peak RSS MB | output SQNR dB | top-1 agreement | note |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r['error']} | | | | | | | | |")
             continue
         top1 = f"{r['top1']:.3f}" if "top1" in r else "-"
         cal = f"{r['calib_ratio']:.2f}" if r.get("calib_ratio") else "-"
@@ -514,7 +573,9 @@ def write_report(rows: list[dict], memory: dict[str, list[dict]], kl: dict, args
         bare = (f"{(r['seconds'] - r['report_s']) / r['float_s']:.2f}" if r.get("report_s") is not None
                 else f"{r['seconds'] / r['float_s']:.2f}" if r["tool"] != "kiln" else "-")
         lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {cal} | {cpu} | {r['seconds'] / r['float_s']:.2f} | "
-                     f"{bare} | {r['rss_mb']:.0f} | {r['sqnr_db']:.1f} | {top1} | {r.get('note', '')} |")
+                     f"{bare} | {_seconds(r.get('calib_s'))} | {r['rss_mb']:.0f} | {r['sqnr_db']:.1f} | {top1} | "
+                     f"{r.get('note', '')} |")
+    lines += _calibration_against_calibration(rows)
     if memory["cls"]:
         lines += ["", "kiln entropy on cls from a folder of PNG images, peak RSS against the number of samples:", "",
                   "| samples | seconds | peak RSS MB |", "|---|---|---|"]

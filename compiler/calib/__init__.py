@@ -31,7 +31,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.calib.calibrators import CALIBRATORS, DEFAULT_PERCENTILE, TensorRange, compute_ranges
+from kiln.calib.calibrators import (
+    CALIBRATORS,
+    DEFAULT_PERCENTILE,
+    ENTROPY_FLOOR_DB,
+    TensorRange,
+    compute_ranges,
+)
 from kiln.calib.data import InputSpec, Source, input_specs, open_source
 from kiln.calib.executor import collect
 from kiln.calib.histogram import NUM_BINS, CalibrationStats, TensorHistogram
@@ -85,19 +91,21 @@ class CalibrationConfig:
 def calibrate(graph: Any, data: Any, calibrator: str = "entropy", *, count: int | None = None, seed: int = 0,
               batch_size: int | None = None, workers: int = 1, image: ImageOptions | None = None,
               tensors: Iterable[str] | None = None, percentile: float = DEFAULT_PERCENTILE,
-              progress: bool | None = None) -> CalibrationResult:
+              progress: bool | None = None, entropy_floor: float = ENTROPY_FLOOR_DB) -> CalibrationResult:
     """Calibrates the float tensors of ``graph`` on ``data``; returns their ranges.
 
     Args: as :class:`CalibrationConfig`, plus ``calibrator`` (one of
     :data:`CALIBRATORS`), ``tensors`` (value names; default every float
-    tensor) and ``percentile`` (for ``percentile``).
+    tensor), ``percentile`` (for ``percentile``) and ``entropy_floor`` (the
+    entropy calibrator's guard, :mod:`kiln.calib.calibrators`; 0: TensorRT's
+    search alone).
     """
     start = time.perf_counter()
     config = CalibrationConfig(data, count=count, seed=seed, batch_size=batch_size, workers=workers,
                                image=image, progress=progress)
     stats = data if isinstance(data, CalibrationStats) else config.collect(graph, tensors,
                                                                           histograms=calibrator != "minmax")
-    ranges = compute_ranges(stats, calibrator, percentile=percentile)
+    ranges = compute_ranges(stats, calibrator, percentile=percentile, entropy_floor=entropy_floor)
     return CalibrationResult(calibrator, stats.samples, ranges, seconds=time.perf_counter() - start)
 
 

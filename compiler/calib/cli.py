@@ -13,11 +13,12 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from kiln.calib.calibrators import CALIBRATORS, DEFAULT_PERCENTILE
+from kiln.calib.calibrators import CALIBRATORS, DEFAULT_PERCENTILE, ENTROPY_FLOOR_DB
 from kiln.calib.images import RESIZE_MODES, ImageOptions
 from kiln.errors import UsageError
 
-_DEFAULTS: dict[str, Any] = {"calibrator": "entropy", "percentile": DEFAULT_PERCENTILE, "skip_layers": (),
+_DEFAULTS: dict[str, Any] = {"calibrator": "entropy", "percentile": DEFAULT_PERCENTILE,
+                             "entropy_floor": ENTROPY_FLOOR_DB, "skip_layers": (),
                              "skip_ops": (), "keep_float": 0, "min_sqnr": 0.0, "sensitivity_samples": 8, "check_samples": 32,
                              "report": True}
 """The quantize options the command sets, with the pass's defaults (a default is left out of the pipeline)."""
@@ -40,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how activation ranges are chosen (default entropy: TensorRT's KL search)")
     g.add_argument("--calib-percentile", type=float, default=DEFAULT_PERCENTILE, metavar="P",
                    help=f"the percentile calibrator's P (default {DEFAULT_PERCENTILE})")
+    g.add_argument("--entropy-floor", type=float, default=ENTROPY_FLOOR_DB, metavar="DB",
+                   help="entropy: a tensor whose KL threshold leaves it below DB of SQNR on its own takes the "
+                        f"mse threshold, if that is 3 dB better (default {ENTROPY_FLOOR_DB:g}; 0: TensorRT's search "
+                        "alone)")
     g.add_argument("--calib-count", type=int, metavar="N", help="use a seeded random subsample of N samples")
     g.add_argument("--calib-seed", type=int, default=0, metavar="N", help="seed of the subsample (default 0)")
     g.add_argument("--calib-batch", type=int, metavar="N", help="samples per run (default: the model's batch, else 1)")
@@ -124,6 +129,8 @@ def compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--min-sqnr {args.min_sqnr}: expected decibels between 0 and 200")
     if not 0 < args.calib_percentile <= 100:
         raise UsageError(f"--calib-percentile {args.calib_percentile}: must be in (0, 100]")
+    if not 0 <= args.entropy_floor < 200:
+        raise UsageError(f"--entropy-floor {args.entropy_floor}: expected decibels between 0 and 200")
     calibration: Any
     if args.calib.lower().endswith(".json"):
         from kiln.calib.table import read_json
@@ -146,6 +153,7 @@ def compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     options = {
         "calibrator": args.calibrator,
         "percentile": args.calib_percentile,
+        "entropy_floor": args.entropy_floor,
         "skip_layers": _names(args.skip_layers),
         "skip_ops": _names(args.skip_ops),
         "keep_float": args.keep_float,

@@ -107,6 +107,7 @@ class CalibrationResult:
             "samples": self.samples,
             "activations": {
                 name: {"threshold": r.threshold, "scale": r.scale, "min": r.min, "max": r.max, "count": r.count,
+                       **({"method": r.method} if r.method else {}),
                        **({"sqnr_db": num(self.tensor_sqnr[name])} if name in self.tensor_sqnr else {})}
                 for name, r in sorted(self.ranges.items())
             },
@@ -136,6 +137,10 @@ class CalibrationResult:
                  f"{self.probe_samples} calibration samples; {len(self.layers)} layers quantized"
                  + (f", {len(self.kept_float)} kept in float" if self.kept_float else "")
                  + (f", {len(self.skipped)} skipped" if self.skipped else "")]
+        moved = sum(1 for r in self.ranges.values() if r.method)
+        if moved:
+            lines.append(f"{moved} of {len(self.ranges)} activations took the mse threshold: their KL threshold left "
+                         "them below the entropy floor (--entropy-floor; 0 keeps TensorRT's search for all)")
         worst = self.worst_layers(count)
         if worst:
             rows = []
@@ -146,7 +151,8 @@ class CalibrationResult:
                     r = self.ranges.get(tensor)
                     rows.append((name if k == 0 else "", (info.op if info else "") if k == 0 else "",
                                  f"{db:.1f}" if k == 0 else "", tensor,
-                                 f"{r.threshold:.4g}" if r else "", f"{r.scale:.4g}" if r else "",
+                                 (f"{r.threshold:.4g}" + (f" ({r.method})" if r.method else "")) if r else "",
+                                 f"{r.scale:.4g}" if r else "",
                                  f"{self.tensor_sqnr.get(tensor, float('nan')):.1f}" if r else ""))
             head = ("layer", "op", "layer dB", "quantized input", "threshold", "scale", "input dB")
             widths = [min(max(len(row[i]) for row in [head, *rows]), _NAME_WIDTH) for i in range(len(head))]
@@ -213,7 +219,9 @@ def read_json(path: str | os.PathLike[str]) -> CalibrationResult:
             t = float(r["threshold"])
             if not (t > 0 and math.isfinite(t)):
                 raise ValueError(f"tensor {name!r} has threshold {t}")
-            result.ranges[str(name)] = TensorRange(t, float(r["min"]), float(r["max"]), int(r["count"]))
+            method = r.get("method")
+            result.ranges[str(name)] = TensorRange(t, float(r["min"]), float(r["max"]), int(r["count"]),
+                                                   None if method is None else str(method))
         for name, w in doc.get("weights", {}).items():
             axis = w.get("axis")
             result.weights[str(name)] = WeightScales(None if axis is None else int(axis),

@@ -43,7 +43,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from kiln.calib.calibrators import CALIBRATORS, DEFAULT_PERCENTILE, TensorRange, compute_ranges
+from kiln.calib.calibrators import (
+    CALIBRATORS,
+    DEFAULT_PERCENTILE,
+    ENTROPY_FLOOR_DB,
+    TensorRange,
+    compute_ranges,
+)
 from kiln.calib.table import CalibrationResult, LayerInfo, WeightScales
 from kiln.errors import UsageError
 from kiln.ir.core import UNKNOWN_LOCATION, Graph, Value
@@ -68,6 +74,9 @@ class Quantize(Pass):
     name: ClassVar[str] = "quantize"
     calibrator: str = field(default="entropy", metadata={"doc": "minmax, entropy, percentile or mse"})
     percentile: float = field(default=DEFAULT_PERCENTILE, metadata={"doc": "the percentile calibrator's p"})
+    entropy_floor: float = field(default=ENTROPY_FLOOR_DB, metadata={
+        "doc": "entropy: a tensor whose KL threshold leaves it below this SQNR (dB, on its histogram) takes the "
+               "mse threshold when that is 3 dB better; 0: TensorRT's search alone"})
     per_channel: bool = field(default=True, metadata={"doc": "weights per output channel (else per tensor)"})
     skip_layers: tuple[str, ...] = field(default=(), metadata={"doc": "layer (node) names to keep in float"})
     skip_ops: tuple[str, ...] = field(default=(), metadata={"doc": "op types to keep in float (Conv, Add ...)"})
@@ -179,7 +188,8 @@ class Quantize(Pass):
         if missing:
             raise UsageError(f"calibration statistics have no histogram for tensor {missing[0]!r}")
         ctx.extra["calibration_stats"] = stats
-        ranges = compute_ranges(stats, self.calibrator, percentile=self.percentile, names=names)
+        ranges = compute_ranges(stats, self.calibrator, percentile=self.percentile, names=names,
+                                entropy_floor=self.entropy_floor)
         return ranges, stats.samples
 
     # ---- rewriting
@@ -199,7 +209,7 @@ class Quantize(Pass):
             for node, index in readers:
                 node.set_input(index, dq)
             r = ranges[moved_from.get(v, v).name]
-            result.ranges.setdefault(v.name, TensorRange(thresholds[v], r.min, r.max, r.count))
+            result.ranges.setdefault(v.name, TensorRange(thresholds[v], r.min, r.max, r.count, r.method))
         ctx.bump("quantize.activations", len(uses))
         weight_dq: dict[tuple[int, int | None], Value] = {}
         for layer in plan.layers:

@@ -8,7 +8,15 @@ import struct
 import numpy as np
 import pytest
 from kiln.calib import CalibrationResult, LayerInfo, TensorRange, WeightScales, read_json
-from kiln.calib.calibrators import CALIBRATORS, compute_ranges, threshold
+from kiln.calib.calibrators import (
+    CALIBRATORS,
+    ENTROPY_FLOOR_DB,
+    compute_ranges,
+    entropy_threshold,
+    guarded_entropy_threshold,
+    histogram_sqnr_db,
+    threshold,
+)
 from kiln.calib.histogram import CalibrationStats, TensorHistogram
 from kiln.errors import UsageError
 
@@ -55,6 +63,67 @@ def test_mse_minimizes_the_measured_error():
     assert mse(t) <= best * 1.05
 
 
+def _int8_sqnr_db(x: np.ndarray, t: float) -> float:
+    s = t / 127
+    q = np.clip(np.rint(x / s), -127, 127) * s
+    return float(10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum((x - q).astype(np.float64) ** 2)))
+
+
+def _spiky(seed: int = 3) -> np.ndarray:
+    """Most values in a narrow spike at zero, the energy in a few hundred large ones: where KL clips the signal
+    away (a HardSwish output's shape)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(0, 0.01, 100_000), rng.normal(0, 5, 300)]).astype(np.float32)
+
+
+def test_histogram_sqnr_matches_quantizing_the_data():
+    for x in (_spiky(), np.random.default_rng(4).laplace(size=200_000).astype(np.float32)):
+        h = _hist(x)
+        hist, width = h.analysis()
+        for t in (0.5, 2.0, 0.5 * h.absmax, h.absmax):
+            assert histogram_sqnr_db(hist, width, t) == pytest.approx(_int8_sqnr_db(x, t), abs=1.0)
+    assert histogram_sqnr_db(np.zeros(2048), 0.1, 1.0) == float("inf")
+
+
+def test_entropy_guard_takes_the_mse_threshold_where_kl_clips_the_signal_away():
+    x = _spiky()
+    h = _hist(x)
+    kl = entropy_threshold(h)
+    assert _int8_sqnr_db(x, kl) < 5  # TensorRT's search alone keeps the spike and clips the energy
+    t, method = guarded_entropy_threshold(h)
+    assert method == "mse" and t == pytest.approx(threshold(h, "mse"))
+    assert _int8_sqnr_db(x, t) > _int8_sqnr_db(x, kl) + 10
+    assert threshold(h, "entropy") == t
+    # floor 0: TensorRT's search alone
+    assert guarded_entropy_threshold(h, 0.0) == (kl, None)
+    assert threshold(h, "entropy", entropy_floor=0) == kl
+    # a floor under the KL threshold's SQNR leaves it alone
+    assert guarded_entropy_threshold(h, _int8_sqnr_db(x, kl) - 2)[1] is None
+
+
+@pytest.mark.parametrize("make", [lambda r: r.normal(size=200_000), lambda r: r.laplace(size=200_000),
+                                  lambda r: np.maximum(r.normal(size=200_000), 0)])
+def test_entropy_guard_leaves_ordinary_tensors_to_the_kl_search(make):
+    h = _hist(make(np.random.default_rng(5)).astype(np.float32))
+    hist, width = h.analysis()
+    assert histogram_sqnr_db(hist, width, entropy_threshold(h)) > ENTROPY_FLOOR_DB
+    assert guarded_entropy_threshold(h) == (entropy_threshold(h), None)
+
+
+def test_compute_ranges_records_which_tensors_the_guard_moved():
+    stats = CalibrationStats()
+    stats.observe("spiky", _spiky())
+    stats.observe("normal", np.random.default_rng(6).normal(size=100_000).astype(np.float32))
+    ranges = compute_ranges(stats, "entropy")
+    assert ranges["spiky"].method == "mse" and ranges["normal"].method is None
+    assert compute_ranges(stats, "entropy", entropy_floor=0)["spiky"].method is None
+    assert compute_ranges(stats, "mse")["spiky"].method is None
+    with pytest.raises(UsageError, match="entropy floor"):
+        compute_ranges(stats, "entropy", entropy_floor=-1)
+    r = CalibrationResult("entropy", 1, dict(ranges), output_sqnr=20.0)
+    assert "1 of 2 activations took the mse threshold" in r.report()
+
+
 @pytest.mark.parametrize("calibrator", CALIBRATORS)
 def test_all_zero_and_positive_thresholds(calibrator):
     assert threshold(_hist(np.zeros(100)), calibrator) == 1.0
@@ -82,7 +151,7 @@ def test_compute_ranges_threads_agree():
 def _result() -> CalibrationResult:
     r = CalibrationResult("entropy", 12)
     r.ranges["x"] = TensorRange(2.54, -1.0, 3.0, 100)
-    r.ranges["conv1_out"] = TensorRange(1.27, 0.0, 5.0, 100)
+    r.ranges["conv1_out"] = TensorRange(1.27, 0.0, 5.0, 100, "mse")
     r.weights["w1"] = WeightScales(0, (0.01, 0.02))
     r.layers["conv1"] = LayerInfo("Conv", ("x",), "w1")
     r.sensitivity["conv1"] = 31.5

@@ -70,6 +70,7 @@ def test_workers_give_the_same_model(setup):
     (["--int8", "--calib", "random", "--keep-float", "1", "--min-sqnr", "30"], "not both"),
     (["--int8", "--calib", "random", "--min-sqnr", "-3"], "--min-sqnr -3.0"),
     (["--int8", "--calib", "random", "--probe-samples", "0"], "--probe-samples 0"),
+    (["--int8", "--calib", "random", "--entropy-floor", "-1"], "--entropy-floor -1.0"),
 ])
 def test_usage_errors(setup, capsys, argv, message):
     tmp, model = setup

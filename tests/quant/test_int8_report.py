@@ -181,6 +181,7 @@ def test_pipeline_text_of_the_command_options():
 
     assert quantize_step({"report": False, "min_sqnr": 25.0, "calibrator": "entropy"}) == \
         "quantize{report=false min-sqnr=25.0}"
+    assert quantize_step({"entropy_floor": 0.0, "percentile": 99.99}) == "quantize{entropy-floor=0.0}"
     _, result = quantized(quantize_step({"report": False}))
     assert result.output_sqnr is None and result.layer_sqnr == {}
     _, result = quantized(quantize_step({"report": False, "keep_float": 1}))  # measures sensitivities only
