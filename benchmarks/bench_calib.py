@@ -552,6 +552,8 @@ def write_report(rows: list[dict], memory: dict[str, list[dict]], kl: dict, args
         "`quantize_static`, against the float time measured in its own process; *without the int8 report*: "
         "less the time of kiln's per-layer report (probe runs on 8 calibration samples and the written model's "
         "output SQNR), which onnxruntime does not make: the same work on both sides. "
+        "kiln's `entropy` is TensorRT's KL search with kiln's guard (a tensor the KL threshold would leave below "
+        "25 dB takes the mse threshold); `entropy --entropy-floor 0` is the KL search alone. "
         f"SQNR and top-1 agreement on {args.test} held-out images. "
         "Reading: on a shared 2-core machine the ratios move by 10-30% from run to run (most on cls, whose float "
         "pass over 64 samples takes about 40 ms, so that session setup and the per-tensor searches weigh more "

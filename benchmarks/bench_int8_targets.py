@@ -1,11 +1,13 @@
-"""int8 accuracy of the real-weight PP-OCR models on every runtime kiln targets, over many held-out text images.
+"""int8 accuracy on every runtime kiln targets, over many held-out images: PP-OCR and the timm CNNs.
 
 The converter benchmarks (bench_ncnn.py, bench_tflite.py) measure int8 on one held-out input per model,
-beside latency.  This one measures accuracy only, and better: for PP-OCR det, rec and cls it compiles
-kiln's int8 artifact for the ONNX (Q/DQ on onnxruntime), NCNN and TFLite targets, each with entropy
-calibration (TensorRT's KL search, kiln's default) alone and with ``--min-sqnr DB`` mixed precision, then
-compares every artifact on its own runtime with onnxruntime on the float model over ``--test`` held-out
-text images (calibration uses ``--count`` others, made by the same generator as the test suite's).
+beside latency.  This one measures accuracy only, and better: for each model it compiles kiln's int8 artifact for the ONNX
+(Q/DQ on onnxruntime), NCNN and TFLite targets with each ``--variants`` entry: ``entropy`` (kiln's default:
+TensorRT's KL search with kiln's guard), ``trt`` (``--entropy-floor 0``: the KL search alone) and
+``min-sqnr`` (``--min-sqnr DB`` mixed precision), then compares every artifact on its own runtime with
+onnxruntime on the float model over ``--test`` held-out images; calibration uses ``--count`` others, made by
+the same generators as the test suite's: text images for the real-weight PP-OCR models, scene-like images
+(``ocr_images.natural``, ImageNet preprocessing) for the timm CNNs (random weights).
 
 Reported per artifact: the output SQNR over all held-out images together, the median of the per-image
 SQNR (one hard image, a classifier's near-tie, weighs heavily on the first), the argmax agreement for the
@@ -13,6 +15,7 @@ text recognizer and the classifier, the layers kept in float, the output SQNR ki
 samples (its int8 report), and the compile time.
 
     python benchmarks/bench_int8_targets.py [--models ppocr_det,ppocr_rec,ppocr_cls] [--min-sqnr 25]
+        [--variants entropy,trt,min-sqnr]
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _converters as cv
 
 STATIC_SHAPES = {"ppocr_det": "1,3,320,320", "ppocr_rec": "1,3,48,320", "ppocr_cls": "1,3,48,192"}
-ARGMAX = ("ppocr_rec", "ppocr_cls")  # outputs whose last axis is a class distribution
+"""PP-OCR's dynamic input shapes, fixed for the runs; the timm exports are static (1x3x224x224)."""
+NO_ARGMAX = ("ppocr_det",)  # every other model's last axis is a class distribution
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TARGETS = ("onnx", "ncnn", "tflite")
 
 
@@ -47,21 +52,41 @@ def sqnr(ref: np.ndarray, got: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(float((ref.astype(np.float64) ** 2).sum()) / noise)
 
 
+def samples(name: str, shape: list, count: int, seed: int, work: Path) -> np.ndarray:
+    """[count, 3, H, W] preprocessed images: text for PP-OCR, scene-like photos for the others."""
+    if name in cv.OCR_INPUTS:
+        return cv.ocr_samples(name, count, seed=seed, work=work)
+    from kiln.calib.images import ImageOptions, load_image
+
+    from ocr_images import write_images  # tests/calib, put on sys.path by measure()
+
+    size = (int(shape[2]), int(shape[3]))
+    options = ImageOptions(size=size, mode="shorter", mean=IMAGENET[0], std=IMAGENET[1])
+    paths = write_images(work, "natural", count, seed=seed)
+    return np.stack([load_image(p, options, (None, 3, *size)) for p in paths]).astype(np.float32)
+
+
 def measure(name: str, work: Path, count: int, test: int, variants: dict[str, list[str]]) -> list[dict]:
     from kiln.runtime import onnxruntime
 
+    cv.zoo()
+    if str(cv.REPO / "tests" / "calib") not in sys.path:
+        sys.path.insert(0, str(cv.REPO / "tests" / "calib"))
     model = Path(cv.zoo().get_model(name))
+    first = onnxruntime.session(str(model)).get_inputs()[0]
+    input_name = first.name
+    shape = [int(d) for d in STATIC_SHAPES[name].split(",")] if name in STATIC_SHAPES else first.shape
     calib = work / f"{name}_calib.npy"
-    np.save(calib, cv.ocr_samples(name, count, seed=1, work=work / f"{name}_calib_images"))
-    held_out = cv.ocr_samples(name, test, seed=1000, work=work / f"{name}_test_images")
-    input_name = onnxruntime.session(str(model)).get_inputs()[0].name
+    np.save(calib, samples(name, shape, count, 1, work / f"{name}_calib_images"))
+    held_out = samples(name, shape, test, 1000, work / f"{name}_test_images")
     ref = np.stack([next(iter(onnxruntime.run(str(model), {input_name: x[None]}).values()))[0] for x in held_out])
     rows = []
     for label, flags in variants.items():
         for target in TARGETS:
             out = work / f"{name}_{label}_{target}"
+            shapes = ["--input-shape", f"{input_name}:{STATIC_SHAPES[name]}"] if name in STATIC_SHAPES else []
             cmd = [sys.executable, "-m", "kiln", "compile", str(model), "-t", target, "-o", str(out), "-q",
-                   "--input-shape", f"{input_name}:{STATIC_SHAPES[name]}", "--int8", "--calib", str(calib), *flags]
+                   *shapes, "--int8", "--calib", str(calib), *flags]
             start = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             seconds = time.perf_counter() - start
@@ -78,7 +103,7 @@ def measure(name: str, work: Path, count: int, test: int, variants: dict[str, li
             row.update({
                 "sqnr_db": sqnr(ref, got),
                 "median_db": float(np.median([sqnr(r, g) for r, g in zip(ref, got)])),
-                "argmax": float((ref.argmax(-1) == got.argmax(-1)).mean()) if name in ARGMAX else None,
+                "argmax": float((ref.argmax(-1) == got.argmax(-1)).mean()) if name not in NO_ARGMAX else None,
                 "kept_float": len(table["kept_float"]),
                 "layers": len(table["layers"]) + len(table["kept_float"]),
                 "calib_sqnr_db": table.get("output_sqnr_db"),
@@ -94,17 +119,18 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        "# int8 on every target: PP-OCR, entropy calibration, with and without --min-sqnr",
+        "# int8 on every target: entropy calibration, guarded and not, and with --min-sqnr",
         "",
-        (f"`python benchmarks/bench_int8_targets.py --count {args.count} --test {args.test} --min-sqnr {args.min_sqnr}`"
-        f"; {cv.machine_line()}."),
+        (f"`python benchmarks/bench_int8_targets.py {' '.join(sys.argv[1:])}`; {cv.machine_line()}."),
         "",
-        (f"Calibration: {args.count} generated text images (line crops for rec/cls, pages for det), entropy "
-        f"(TensorRT's KL search). Measured: {args.test} other images of the same generator, each artifact on its "
-        "own runtime (onnxruntime for the Q/DQ ONNX, ncnn, LiteRT) against onnxruntime on the float model. "
-        "*SQNR* is over all held-out images together; *median* is the median of the per-image SQNR; *argmax*: "
-        "agreement of the class (recognizer: per time step); *calib SQNR*: the output SQNR kiln's int8 report "
-        "measured on calibration samples (8; 32 with --min-sqnr, `--check-samples`)."),
+        (f"Calibration: {args.count} generated images (PP-OCR: text line crops for rec/cls, pages for det; timm "
+        "CNNs, random weights: scene-like images with ImageNet preprocessing). *entropy* is kiln's default: "
+        "TensorRT's KL search, with kiln's guard (a tensor the KL threshold would leave below 25 dB takes the mse "
+        f"threshold); *--entropy-floor 0* is the KL search alone. Measured: {args.test} other images of the same "
+        "generator, each artifact on its own runtime (onnxruntime for the Q/DQ ONNX, ncnn, LiteRT) against "
+        "onnxruntime on the float model. *SQNR* is over all held-out images together; *median* is the median of "
+        "the per-image SQNR; *argmax*: agreement of the class (recognizer: per time step); *calib SQNR*: the output "
+        "SQNR kiln's int8 report measured on calibration samples (8; 32 with --min-sqnr, `--check-samples`)."),
         "",
         "| model | calibration | target | SQNR dB | median dB | argmax | float layers | calib SQNR dB | compile s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -125,9 +151,17 @@ def main() -> int:
     p.add_argument("--count", type=int, default=64, help="calibration images (default 64)")
     p.add_argument("--test", type=int, default=32, help="held-out images (default 32)")
     p.add_argument("--min-sqnr", type=float, default=25.0, help="the mixed-precision variant's --min-sqnr")
+    p.add_argument("--variants", default="entropy,trt,min-sqnr",
+                   help="entropy (kiln's default), trt (--entropy-floor 0), min-sqnr (comma-separated)")
     p.add_argument("--out", default=str(cv.REPO / "benchmarks" / "results" / "int8_targets"))
     args = p.parse_args()
-    variants = {"entropy": [], f"entropy --min-sqnr {args.min_sqnr:g}": ["--min-sqnr", str(args.min_sqnr)]}
+    known = {"entropy": ("entropy", []), "trt": ("entropy --entropy-floor 0", ["--entropy-floor", "0"]),
+             "min-sqnr": (f"entropy --min-sqnr {args.min_sqnr:g}", ["--min-sqnr", str(args.min_sqnr)])}
+    wanted = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in wanted if v not in known]
+    if unknown:
+        p.error(f"unknown variant {unknown[0]!r} (choose from {', '.join(known)})")
+    variants = dict(known[v] for v in wanted)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="kiln-bench-int8-") as tmp:
         for name in args.models.split(","):
