@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reuse the <stem>.calib.json of an earlier --int8 compile instead of calibrating (the "
                         "same ranges and the same layers kept in float)")
     g.add_argument("--calibrator", default="entropy", choices=CALIBRATORS,
-                   help="how activation ranges are chosen (default entropy: TensorRT's KL search)")
+                   help="how activation ranges are chosen (default entropy: TensorRT's KL search, guarded by "
+                        "--entropy-floor)")
     g.add_argument("--calib-percentile", type=float, default=DEFAULT_PERCENTILE, metavar="P",
                    help=f"the percentile calibrator's P (default {DEFAULT_PERCENTILE})")
     g.add_argument("--entropy-floor", type=float, default=ENTROPY_FLOOR_DB, metavar="DB",
