@@ -128,7 +128,7 @@ class Quantize(Pass):
                                f"--min-sqnr {self.min_sqnr:g}" if self.min_sqnr else f"--keep-float {self.keep_float}",
                                len(keep))
         if probe is not None and plan.layers and self.report:
-            result.tensor_sqnr, result.layer_sqnr = probe.local_errors(plan)
+            result.tensor_sqnr, result.layer_sqnr, result.channel_spread = probe.local_errors(plan)
         changed = self.apply(graph, plan, ranges, result, ctx)
         if probe is not None and plan.layers and (self.report or self.min_sqnr):
             result.output_sqnr = probe.graph_sqnr(graph)

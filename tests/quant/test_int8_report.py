@@ -68,6 +68,50 @@ def test_layer_and_tensor_sqnr_equal_a_numpy_simulation():
     assert result.tensor_sqnr["x"] < 30  # 90th percentile clips: the figure must show it
 
 
+@pytest.mark.parametrize("opset", [13, 18])  # ReduceMax takes its axes as an attribute, then as an input
+def test_channel_spread_is_the_widest_input_channel_over_the_median(opset):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    model = one_conv(w)
+    model.opset_import[0].version = opset
+    scales = np.array([1, 2, 3, 40], np.float32)
+    data = (rng.standard_normal((8, 4, 3, 3)) * scales[None, :, None, None]).astype(np.float32)
+    _, result = quantized("quantize", CalibrationConfig(data), model)
+    per_channel = np.abs(data).max(axis=(0, 2, 3))
+    assert result.channel_spread["x"] == pytest.approx(per_channel.max() / np.median(per_channel), rel=1e-5)
+    assert result.channel_spread["x"] > 8
+    text = result.report()
+    assert "ch spread" in text and "conv (" in text.splitlines()[-1] and "--min-sqnr" in text.splitlines()[-1]
+    assert json.loads(result.to_json())["activations"]["x"]["channel_spread"] == pytest.approx(
+        result.channel_spread["x"])
+    _, even = quantized("quantize", CalibrationConfig(rng.standard_normal((8, 4, 3, 3)).astype(np.float32)), model)
+    assert even.channel_spread["x"] < 2 and "ch spread:" not in even.report()
+
+
+def test_channel_spread_of_a_matmul_is_over_its_features():
+    """MatMul reduces over its first input's last axis: the spread is across features, not time steps."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7, 5])],
+        [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 13)])
+    data = (rng.standard_normal((8, 7, 6)) * np.array([1, 1, 1, 1, 1, 30], np.float32)).astype(np.float32)
+    _, result = quantized("quantize", CalibrationConfig(data), model)
+    per_feature = np.abs(data).max(axis=(0, 1))
+    assert result.channel_spread["x"] == pytest.approx(per_feature.max() / np.median(per_feature), rel=1e-5)
+
+
+def test_channel_spread_leaves_out_dead_channels():
+    from kiln.passes.quantize.sensitivity import channel_spread
+
+    assert channel_spread(np.array([0.0, 0.0, 2.0, 4.0, 6.0])) == pytest.approx(1.5)
+    assert channel_spread(np.array([0.0, 3.0])) is None
+
+
 def test_worst_layers_and_report_order():
     result = CalibrationResult("entropy", 4, output_sqnr=12.5, probe_samples=4)
     for name, db in (("a", 30.0), ("b", 3.0), ("c", 17.0)):
