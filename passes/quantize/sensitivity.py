@@ -273,23 +273,23 @@ def channel_spread(channel_absmax: np.ndarray) -> float | None:
 
 
 def reduction_axis(plan: Plan, v: Any) -> int | None:
-    """The axis the first layer reading ``v`` reduces over (its input channels), or ``None`` where that is not
-    clear (pooling, Concat, Add: no reduction across channels)."""
+    """The axis the first layer that reduces across ``v``'s channels (Conv, ConvTranspose, Gemm, MatMul) reduces
+    over, or ``None`` where none does (pooling, Concat, Add read channels one by one)."""
+    rank = len(v.shape) if v.shape is not None else None
+    if rank is None or rank < 2:
+        return None
     for layer in plan.layers:
         for index, value in layer.acts:
             if value is not v:
                 continue
-            op, rank = layer.node.op_id, len(v.shape) if v.shape is not None else None
-            if rank is None or rank < 2:
-                return None
-            if op in WEIGHTED_CONV:
-                return 1 if index == 0 else None
+            op = layer.node.op_id
+            if op in WEIGHTED_CONV and index == 0:
+                return 1
             if op in ("onnx.Gemm", "kiln.GemmAct"):
                 transposed = bool(layer.node.attr("transA" if index == 0 else "transB", 0))
                 return (1 if index == 0 else 0) if not transposed else (0 if index == 0 else 1)
             if op == "onnx.MatMul":
                 return rank - 1 if index == 0 else rank - 2
-            return None
     return None
 
 

@@ -230,3 +230,24 @@ def test_pipeline_text_of_the_command_options():
     assert result.output_sqnr is None and result.layer_sqnr == {}
     _, result = quantized(quantize_step({"report": False, "keep_float": 1}))  # measures sensitivities only
     assert len(result.kept_float) == 1 and result.output_sqnr is None and result.layer_sqnr == {}
+
+
+def test_channel_spread_axis_comes_from_the_first_layer_that_reduces_across_channels():
+    """A tensor read by a MaxPool (channel by channel) and then by a Conv takes the Conv's input-channel axis."""
+    from kiln.passes.quantize.placement import plan_quantization
+    from kiln.passes.quantize.sensitivity import reduction_axis
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.ones((2, 3, 1, 1), np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], name="pool"),
+         helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 3, 2, 2]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 13)])
+    plan = plan_quantization(kiln.load(model))
+    assert [layer.name for layer in plan.layers] == ["pool", "conv"]
+    assert reduction_axis(plan, plan.activations()[0]) == 1
+    pool_only = plan_quantization(kiln.load(model), skip_layers=("conv",))
+    assert reduction_axis(pool_only, pool_only.activations()[0]) is None
