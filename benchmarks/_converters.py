@@ -129,17 +129,25 @@ OCR_INPUTS = {
 
 def ocr_samples(name: str, count: int, seed: int, work: Path) -> np.ndarray:
     """[count, 3, H, W] preprocessed text images for a PP-OCR model (``OCR_INPUTS``)."""
-    from kiln.calib.images import ImageOptions, load_image
+    from kiln.calib.images import ImageOptions
+
+    kind, size, mode, mean, std = OCR_INPUTS[name]
+    return image_samples(kind, ImageOptions(size=size, mode=mode, mean=mean, std=std, channels="bgr"), count, seed,
+                         work)
+
+
+def image_samples(kind: str, options: Any, count: int, seed: int, work: Path) -> np.ndarray:
+    """[count, 3, H, W] images of ``kind`` ("line", "page", "natural") drawn by the test suite's generator
+    (tests/calib/ocr_images.py) into ``work``, preprocessed with ``options`` (an ImageOptions with a size)."""
+    from kiln.calib.images import load_image
 
     zoo()  # puts tests/ on sys.path
     if str(REPO / "tests" / "calib") not in sys.path:
         sys.path.insert(0, str(REPO / "tests" / "calib"))
     from ocr_images import write_images
 
-    kind, size, mode, mean, std = OCR_INPUTS[name]
-    options = ImageOptions(size=size, mode=mode, mean=mean, std=std, channels="bgr")
     paths = write_images(work, kind, count, seed=seed)
-    return np.stack([load_image(p, options, (None, 3, *size)) for p in paths]).astype(np.float32)
+    return np.stack([load_image(p, options, (None, 3, *options.size)) for p in paths]).astype(np.float32)
 
 
 def load_case(name: str, work: Path) -> Case:

@@ -56,22 +56,15 @@ def samples(name: str, shape: list, count: int, seed: int, work: Path) -> np.nda
     """[count, 3, H, W] preprocessed images: text for PP-OCR, scene-like photos for the others."""
     if name in cv.OCR_INPUTS:
         return cv.ocr_samples(name, count, seed=seed, work=work)
-    from kiln.calib.images import ImageOptions, load_image
+    from kiln.calib.images import ImageOptions
 
-    from ocr_images import write_images  # tests/calib, put on sys.path by measure()
-
-    size = (int(shape[2]), int(shape[3]))
-    options = ImageOptions(size=size, mode="shorter", mean=IMAGENET[0], std=IMAGENET[1])
-    paths = write_images(work, "natural", count, seed=seed)
-    return np.stack([load_image(p, options, (None, 3, *size)) for p in paths]).astype(np.float32)
+    options = ImageOptions(size=(int(shape[2]), int(shape[3])), mode="shorter", mean=IMAGENET[0], std=IMAGENET[1])
+    return cv.image_samples("natural", options, count, seed, work)
 
 
 def measure(name: str, work: Path, count: int, test: int, variants: dict[str, list[str]]) -> list[dict]:
     from kiln.runtime import onnxruntime
 
-    cv.zoo()
-    if str(cv.REPO / "tests" / "calib") not in sys.path:
-        sys.path.insert(0, str(cv.REPO / "tests" / "calib"))
     model = Path(cv.zoo().get_model(name))
     first = onnxruntime.session(str(model)).get_inputs()[0]
     input_name = first.name

@@ -99,9 +99,8 @@ def minmax_threshold(h: TensorHistogram) -> float:
 
 
 def entropy_threshold(h: TensorHistogram, num_bins: int = ANALYSIS_BINS) -> float:
-    hist, width = h.analysis(num_bins)
-    threshold, _ = kl_threshold(hist, width)
-    return threshold
+    """TensorRT's KL search alone (no guard)."""
+    return guarded_entropy_threshold(h, 0.0, num_bins)[0]
 
 
 def histogram_sqnr_db(hist: np.ndarray, bin_width: float, threshold: float) -> float:
@@ -129,8 +128,7 @@ def guarded_entropy_threshold(h: TensorHistogram, floor_db: float = ENTROPY_FLOO
     at_kl = histogram_sqnr_db(hist, width, t)
     if at_kl >= floor_db:
         return t, None
-    errors = kernels.mse_errors(hist, width, QMAX, 1)  # only for the few tensors below the floor
-    best = (int(np.argmin(errors)) + 1) * width
+    best = _mse_best(hist, width)  # only for the few tensors below the floor
     if histogram_sqnr_db(hist, width, best) >= at_kl + FALLBACK_GAIN_DB:
         return best, "mse"
     return t, None
@@ -154,10 +152,12 @@ def percentile_threshold(h: TensorHistogram, percentile: float = DEFAULT_PERCENT
 
 def mse_threshold(h: TensorHistogram, num_bins: int = ANALYSIS_BINS) -> float:
     hist, width = h.analysis(num_bins)
-    if not hist.any():
-        return 0.0
-    errors = kernels.mse_errors(hist, width, QMAX, 1)
-    return (int(np.argmin(errors)) + 1) * width
+    return _mse_best(hist, width) if hist.any() else 0.0
+
+
+def _mse_best(hist: np.ndarray, width: float) -> float:
+    """The candidate ``i * width`` with the least expected quantization MSE over ``hist``."""
+    return (int(np.argmin(kernels.mse_errors(hist, width, QMAX, 1))) + 1) * width
 
 
 def threshold(h: TensorHistogram, calibrator: str, *, percentile: float = DEFAULT_PERCENTILE,
