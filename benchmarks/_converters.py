@@ -98,20 +98,22 @@ class Case:
         return args
 
     def calib_npy(self, count: int) -> Path:
-        """[count, ...] samples for the (single) input: generated text images for PP-OCR (see
-        :func:`ocr_samples`), else the zoo's example inputs at seeds 1..count.
+        """[count, ...] samples for the (single) input: generated images where the model reads images
+        (:func:`model_samples`: text for PP-OCR, scene-like photos for the timm CNNs), else the zoo's
+        example inputs at seeds 1..count.
 
-        The benchmark input is kept out of calibration so the int8 figures are measured on an input the
-        calibration did not see.
+        The benchmark input is kept out of calibration (it is drawn at another seed) so the int8 figures
+        are measured on an input the calibration did not see.
         """
         out = self.work / "calib.npy"
         if not out.exists():
-            if self.name in OCR_INPUTS:
-                np.save(out, ocr_samples(self.name, count, seed=1, work=self.work / "calib_images"))
-            else:
+            shape = self.feed[self.inputs[0]].shape
+            drawn = model_samples(self.name, shape, count, seed=1, work=self.work / "calib_images")
+            if drawn is None:
                 z = zoo()
-                samples = [z.example_inputs(self.name, seed=s)[self.inputs[0]] for s in range(1, count + 1)]
-                np.save(out, np.concatenate(samples, axis=0))
+                drawn = np.concatenate([z.example_inputs(self.name, seed=s)[self.inputs[0]]
+                                        for s in range(1, count + 1)], axis=0)
+            np.save(out, drawn)
         return out
 
 
@@ -150,13 +152,35 @@ def image_samples(kind: str, options: Any, count: int, seed: int, work: Path) ->
     return np.stack([load_image(p, options, (None, 3, *options.size)) for p in paths]).astype(np.float32)
 
 
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def model_samples(name: str, shape: Sequence[int], count: int, seed: int, work: Path) -> np.ndarray | None:
+    """[count, 3, H, W] generated images for a model that reads images: text for PP-OCR (``OCR_INPUTS``),
+    scene-like photos with ImageNet preprocessing for the timm CNNs (random weights, but calibrated and
+    measured on image statistics, not standard-normal noise: a network's activations on noise are not the
+    ones it quantizes in use); None for the others."""
+    if name in OCR_INPUTS:
+        return ocr_samples(name, count, seed=seed, work=work)
+    if not (name.startswith("timm_") and is_cnn(name) and len(shape) == 4 and shape[1] == 3):
+        return None
+    from kiln.calib.images import ImageOptions
+
+    options = ImageOptions(size=(int(shape[2]), int(shape[3])), mode="shorter", mean=IMAGENET[0], std=IMAGENET[1])
+    return image_samples("natural", options, count, seed, work)
+
+
 def load_case(name: str, work: Path) -> Case:
-    """The model's path, seed-0 example input (a text page for PP-OCR) and onnxruntime's outputs."""
+    """The model's path, its benchmark input (a generated image for PP-OCR and the timm CNNs, see
+    :func:`model_samples`; else the zoo's seed-0 example input) and onnxruntime's outputs."""
     z = zoo()
     path = Path(z.get_model(name))
     feed = z.example_inputs(name, seed=0)
-    if name in OCR_INPUTS:  # a held-out text image (calibration uses seed 1)
-        feed = {next(iter(feed)): ocr_samples(name, 1, seed=1000, work=work / "input_image")}
+    first = next(iter(feed))
+    # A held-out generated image where the model reads images (calibration draws at seed 1).
+    image = model_samples(name, feed[first].shape, 1, seed=1000, work=work / "input_image")
+    if image is not None:
+        feed = {first: image}
     from kiln.runtime import onnxruntime as kort
 
     ref = kort.run(path, feed)

@@ -36,7 +36,6 @@ import _converters as cv
 STATIC_SHAPES = {"ppocr_det": "1,3,320,320", "ppocr_rec": "1,3,48,320", "ppocr_cls": "1,3,48,192"}
 """PP-OCR's dynamic input shapes, fixed for the runs; the timm exports are static (1x3x224x224)."""
 NO_ARGMAX = ("ppocr_det",)  # every other model's last axis is a class distribution
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TARGETS = ("onnx", "ncnn", "tflite")
 
 
@@ -54,12 +53,10 @@ def sqnr(ref: np.ndarray, got: np.ndarray) -> float:
 
 def samples(name: str, shape: list, count: int, seed: int, work: Path) -> np.ndarray:
     """[count, 3, H, W] preprocessed images: text for PP-OCR, scene-like photos for the others."""
-    if name in cv.OCR_INPUTS:
-        return cv.ocr_samples(name, count, seed=seed, work=work)
-    from kiln.calib.images import ImageOptions
-
-    options = ImageOptions(size=(int(shape[2]), int(shape[3])), mode="shorter", mean=IMAGENET[0], std=IMAGENET[1])
-    return cv.image_samples("natural", options, count, seed, work)
+    drawn = cv.model_samples(name, shape, count, seed, work)
+    if drawn is None:
+        raise SystemExit(f"{name}: this benchmark measures models that read images (PP-OCR, the timm CNNs)")
+    return drawn
 
 
 def measure(name: str, work: Path, count: int, test: int, variants: dict[str, list[str]]) -> list[dict]:

@@ -8,8 +8,9 @@ relative error, as `kiln verify`); then time them on ncnn at 1 and 2 threads,
 interleaved with onnxruntime at the same thread count (median of rounds x
 reps runs after warm-up).  Also: fp16 weight storage (pnnx's default fp16=1,
 kiln's --fp16) for accuracy, and kiln's int8 (--int8 --calib, calibration on
-the zoo's example inputs at seeds 1..N, or generated text images for PP-OCR;
-the measured input is held out) for SQNR and int8 / fp32 latency.  Read the ratios, not the seconds.
+N generated images: text for PP-OCR, scene-like photos for the timm CNNs; the
+zoo's example inputs at seeds 1..N for the others; the measured input is held
+out) for SQNR and int8 / fp32 latency.  Read the ratios, not the seconds.
 
     python benchmarks/bench_ncnn.py                                   # every model
     python benchmarks/bench_ncnn.py --models ppocr_cls timm_resnet50_ts --tools pnnx
@@ -139,14 +140,14 @@ def to_markdown(rows: list[dict[str, Any]], command: str, args: argparse.Namespa
         "",
         "- converts: wall seconds of the converter process (imports included).",
         ("- rel err: max |a - b| / max |a| against onnxruntime on the original model, on the zoo's example input "
-        "(a generated text image for PP-OCR: a line crop for cls/rec, a page for det; standard normal otherwise); pnnx fp32 is `fp16=0`, pnnx fp16 its "
+        "(a generated image where the model reads images: a line crop for PP-OCR cls/rec, a page for det, a scene-like photo for the timm CNNs; standard normal otherwise); pnnx fp32 is `fp16=0`, pnnx fp16 its "
         "default `fp16=1`, kiln fp16 is `--fp16` (fp16 weight storage)."),
         ("- `k/p Nt`: kiln's ncnn latency / pnnx's at N threads (below 1: kiln faster); `k/ORT 1t`: kiln's ncnn "
         "latency / onnxruntime's on the original at 1 thread; `p/ORT 1t` the same for pnnx. Each latency ratio "
         "is `ratio of medians (ratio of the fastest runs)`: the machine is shared, and at 2 threads a busy "
         "second core stalls ncnn's OpenMP barriers, so the 2-thread medians are mostly noise."),
-        ("- int8: kiln `--int8 --calib` (entropy calibration on N samples: the zoo's example inputs, or "
-        "generated text images for PP-OCR; measured on a held-out input): output SQNR against onnxruntime fp32, and its ncnn latency / kiln fp32's at 1 thread."),
+        ("- int8: kiln `--int8 --calib` (entropy calibration on N samples: generated text images for PP-OCR, "
+        "scene-like photos for the timm CNNs, the zoo's example inputs otherwise; measured on a held-out input): output SQNR against onnxruntime fp32, and its ncnn latency / kiln fp32's at 1 thread."),
         ("- layers / act: ncnn layers in the .param / of them standalone activation layers "
         "(ReLU, Clip, Sigmoid, HardSwish, HardSigmoid, Swish, Mish)."),
         "",

@@ -15,9 +15,9 @@ which writes <stem>_float32.tflite and <stem>_float16.tflite) and with `kiln
 compile M -t tflite` (and `--fp16`), each in its own process and timed (wall
 seconds, imports included); int8 full-integer with onnx2tf's `-oiqt -cind`
 (per-channel; on failure again with `-tb tf_converter`) and kiln's `--int8
---calib`, both calibrated on the same samples (the zoo's example inputs at
-seeds 1..N, or generated text images for PP-OCR; the measured input is held
-out).  Every file runs once on LiteRT
+--calib`, both calibrated on the same samples (generated images: text for
+PP-OCR, scene-like photos for the timm CNNs; the zoo's example inputs at seeds
+1..N for the others; the measured input is held out).  Every file runs once on LiteRT
 (ai_edge_litert, XNNPACK) against onnxruntime on the original; then the float32
 and int8 files are timed at 1 and 2 threads, interleaved with onnxruntime.
 
@@ -212,7 +212,7 @@ def to_markdown(rows: list[dict[str, Any]], command: str, args: argparse.Namespa
         ("- converts: wall seconds of the converter process (imports included: TensorFlow's for onnx2tf); "
         "`k/o conv`: kiln's conversion time / onnx2tf's (float32 + float16 in one onnx2tf run; kiln's float32 run)."),
         ("- rel err: max |a - b| / max |a| against onnxruntime on the original model, on the zoo's example input "
-        "(a generated text image for PP-OCR: a line crop for cls/rec, a page for det; standard normal otherwise). fp16: onnx2tf's <stem>_float16.tflite, "
+        "(a generated image where the model reads images: a line crop for PP-OCR cls/rec, a page for det, a scene-like photo for the timm CNNs; standard normal otherwise). fp16: onnx2tf's <stem>_float16.tflite, "
         "kiln's `--fp16`: `does not run` is LiteRT refusing the file."),
         ("- `k/o Nt`: kiln's LiteRT latency / onnx2tf's at N threads (below 1: kiln faster); `k/ORT 1t`: kiln's "
         "latency / onnxruntime's on the original at 1 thread. Each latency ratio is `ratio of medians (ratio "
