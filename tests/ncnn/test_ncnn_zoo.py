@@ -78,6 +78,8 @@ def test_int8_ppocr_cls(tmp_path):
     int8 = [f for f in layers if f[0] in ("Convolution", "ConvolutionDepthWise", "InnerProduct")
             and any(p.startswith("8=") for p in f)]
     assert len(int8) >= 40
+    # The 9 squeeze-and-excitation blocks' 1x1 convolutions run int8 on vectors, as InnerProduct.
+    assert sum(1 for f in int8 if f[0] == "InnerProduct") >= 18
     net = ncnn_runtime.load_net(param)
     ref = np.concatenate([zoo.run_onnxruntime(model, {"x": test[i:i + 1]})[0] for i in range(len(test))])
     got = np.concatenate([ncnn_runtime.run(param, {"x": test[i:i + 1]}, net=net)[ncnn_runtime.load_map(param)
