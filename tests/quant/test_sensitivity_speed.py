@@ -175,3 +175,14 @@ def test_min_sqnr_search_takes_few_runs_on_the_check_samples(monkeypatch):
     monkeypatch.setattr(probe, "output_sqnr", lambda layers, check=False: runs.append(1) or measure(layers, check))
     kept = probe.fewest_float(plan.layers, figures, full + 6)
     assert kept and len(runs) <= 4
+
+
+def test_graphs_with_subgraphs_run_the_whole_model():
+    """An If body reads outer values by name, which a cut would have to follow: no shortcut there."""
+    from onnx import TensorProto, helper
+
+    branch = helper.make_graph([helper.make_node("Identity", ["x"], ["b"])], "branch", [],
+                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
+    assert suffix._has_subgraphs(helper.make_graph([node], "g", [], []))
+    assert not suffix._has_subgraphs(conv_net().graph)
