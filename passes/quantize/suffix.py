@@ -18,6 +18,7 @@ Loop body reads outer values by name, which a cut would have to follow), runs th
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -170,6 +171,8 @@ class SuffixRuns:
         crossing = self.crossing[layer.name]
         written = {name for i in kept for name in nodes[i].output}
         outputs = [name for name in probe.outputs if name in written]
+        if not outputs:  # the layer reaches no output: quantizing it changes nothing the model returns
+            return math.inf
         first = self.records[0]
         inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(first[name].dtype),
                                                 [None] * first[name].ndim) for name in crossing]
@@ -186,7 +189,7 @@ class SuffixRuns:
         reference = probe.reference
         width = len(probe.outputs)
         for f, record in enumerate(self.records):
-            values = session.run(outputs, {name: record[name] for name in crossing}) if outputs else []
+            values = session.run(outputs, {name: record[name] for name in crossing})
             row = list(reference[f * width:(f + 1) * width])  # outputs the layer does not reach stay float
             for name, value in zip(outputs, values):
                 row[position[name]] = value

@@ -186,3 +186,14 @@ def test_graphs_with_subgraphs_run_the_whole_model():
     node = helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
     assert suffix._has_subgraphs(helper.make_graph([node], "g", [], []))
     assert not suffix._has_subgraphs(conv_net().graph)
+
+
+def test_a_layer_that_reaches_no_output_costs_nothing(monkeypatch):
+    model = conv_net()
+    model.graph.node.append(onnx.helper.make_node("Conv", ["x", "w1"], ["unused"], name="dead", pads=[1, 1, 1, 1]))
+    _, plan, make = probe_for(model, samples(16))
+    dead = [layer for layer in plan.layers if layer.name == "dead"]
+    assert dead
+    assert make().sensitivity(dead)["dead"] == math.inf
+    monkeypatch.setattr(suffix, "MAX_RECORD_BYTES", 0)
+    assert make().sensitivity(dead)["dead"] == math.inf
