@@ -34,13 +34,13 @@ def fewest_sensitive(candidates: Sequence[int], error_with_fp16: Callable[[set[i
     fewest most sensitive ones that bring the error within budget (all of them, at worst).
 
     A candidate's sensitivity is the error with only it in float16 (``sensitivity(i)``, by default
-    ``error_with_fp16({i})``).  The search is on how many of the most sensitive stay float32: doubling from one,
-    then bisection; or, with ``guess(order, count, error)`` (the candidates from the most sensitive down, and the
-    largest count known to fail with its error, 0 being all of them in float16), the count it proposes within
-    the bracket of counts known to fail and to pass (for a guess on or past an end, a step inside from that end,
-    doubling while that repeats), and bisection once the guesses have had their turns.  A good
-    guess settles it in a few measurements; the answer is the same either way wherever the error shrinks as
-    more candidates stay float32.
+    ``error_with_fp16({i})``).  The search is on how many of the most sensitive stay float32, in the bracket of
+    counts known to fail and to pass: each step tries the count ``guess(order, count, error)`` proposes (given
+    the candidates from the most sensitive down, and the largest count known to fail with its error, 0 being
+    all of them in float16; by default twice that count), a step inside the bracket from the end it names when
+    it names one (doubling while that repeats), and bisection once the guesses have had their turns.  A good
+    guess settles it in a few measurements; the answer is the same whatever the guess, wherever the error
+    shrinks as more candidates stay float32.
     """
     everything = set(candidates)
     error_of_all = error_with_fp16(everything) if everything else 0.0
@@ -48,17 +48,12 @@ def fewest_sensitive(candidates: Sequence[int], error_with_fp16: Callable[[set[i
         return set()
     alone = sensitivity if sensitivity is not None else (lambda i: error_with_fp16({i}))
     order = [i for _, i in sorted(((alone(i), i) for i in candidates), key=lambda t: (-t[0], t[1]))]
-
-    def within(count: int) -> bool:
-        return count >= len(order) or error_with_fp16(set(order[count:])) <= budget
-
-    if guess is None:
-        return set(order[:_smallest(within, 0, 1, len(order))])
+    propose = guess if guess is not None else (lambda order, count, error: max(1, 2 * count))
     low, low_error, high = 0, error_of_all, len(order)  # low fails (with low_error), high passes
     guesses = max(2, len(order).bit_length())  # then bisection: never much worse than bisecting throughout
     step = 1
     while high - low > 1:
-        count = guess(order, low, low_error) if guesses > 0 else (low + high) // 2
+        count = propose(order, low, low_error) if guesses > 0 else (low + high) // 2
         guesses -= 1
         if low < count < high:
             step = 1
@@ -72,32 +67,6 @@ def fewest_sensitive(candidates: Sequence[int], error_with_fp16: Callable[[set[i
         else:
             low, low_error = count, error
     return set(order[:high])
-
-
-def _smallest(passes: Callable[[int], bool], failing: int, guess: int, limit: int) -> int:
-    """The smallest count in ``(failing, limit]`` that ``passes`` (``failing`` is known to fail, ``limit`` to
-    pass), found by galloping away from ``guess`` (doubling the step) and bisecting: about ``2 log2`` of the
-    distance from the guess in calls."""
-    guess = max(failing + 1, min(guess, limit))
-    if passes(guess):
-        high, step = guess, 1
-        low = max(failing, high - step)
-        while low > failing and passes(low):
-            high, step = low, step * 2
-            low = max(failing, high - step)
-    else:
-        low, step = guess, 1
-        high = min(limit, low + step)
-        while high < limit and not passes(high):
-            low, step = high, step * 2
-            high = min(limit, low + step)
-    while high - low > 1:
-        mid = (low + high) // 2
-        if passes(mid):
-            high = mid
-        else:
-            low = mid
-    return high
 
 
 def onnxruntime_islands(graph: object, budget: float = BUDGET, names: Iterable[str] | None = None,

@@ -21,7 +21,7 @@ from kiln.passes.quantize import suffix
 from kiln.passes.quantize.opset import upgrade_opset
 from kiln.passes.quantize.placement import plan_quantization
 from kiln.passes.quantize.sensitivity import QuantProbe, additive_guess
-from kiln.quant.islands import _smallest, fewest_sensitive
+from kiln.quant.islands import fewest_sensitive
 
 
 def two_output_net() -> onnx.ModelProto:
@@ -109,20 +109,22 @@ def test_a_layer_over_the_budget_runs_the_whole_model_and_says_so(monkeypatch, c
     assert set(figures) == {layer.name for layer in plan.layers}
 
 
-@pytest.mark.parametrize("limit", [1, 2, 3, 7, 16, 33])
-def test_smallest_finds_the_first_passing_count_from_any_guess(limit):
-    for answer in range(1, limit + 1):
-        for guess in range(limit + 3):
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 33])
+def test_the_search_finds_the_fewest_from_any_guess(size):
+    """Candidate i is the i-th most sensitive; the error stays within budget once the first ``answer`` stay float32.
+    Every answer, from every constant guess and from the default (doubling), in a bounded number of runs."""
+    for answer in range(1, size + 1):
+        for start in [None, *range(size + 3)]:
             calls: list[int] = []
 
-            def passes(count: int, answer: int = answer, calls: list[int] = calls) -> bool:
-                assert 0 < count <= limit
-                calls.append(count)
-                return count >= answer
+            def error(rounded: set[int], answer: int = answer, calls: list[int] = calls) -> float:
+                calls.append(len(rounded))
+                return 1.0 if rounded and min(rounded) < answer else 0.0
 
-            assert _smallest(passes, 0, guess, limit) == answer
-            distance = abs(max(1, min(guess, limit)) - answer) + 1
-            assert len(calls) <= 2 * math.ceil(math.log2(distance)) + 2
+            guess = None if start is None else (lambda order, count, err, start=start: start)
+            kept = fewest_sensitive(range(size), error, 0.5, sensitivity=lambda i: -i, guess=guess)
+            assert kept == set(range(answer)), (answer, start)
+            assert len(calls) <= 2 * size.bit_length() + 2
 
 
 def test_a_good_guess_gives_the_same_answer_in_fewer_runs():
