@@ -286,28 +286,41 @@ def child_ratio(model_path: str, calib: str, calibrator: str, repeat: int) -> di
     upgrade_opset(graph, 13)
     names = [v.name for v in plan_quantization(graph).activations()]
     data = np.load(calib)
-    # Configured as kiln's own calibration session (kiln.calib.executor.make_session): pool threads that do
-    # not spin, so that on a loaded machine neither side wins CPU share by busy-waiting, and CPU time counts
-    # work rather than waiting.
+    # Pool threads that do not spin, so that on a loaded machine neither side wins CPU share by busy-waiting
+    # (kiln's calibration runs one onnxruntime thread per lane, kiln.calib.executor), and CPU time counts work
+    # rather than waiting.
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
+    # Also onnxruntime as it comes (pool threads that spin), and from a fresh session: what a script that
+    # loads the model and runs it pays, as kiln's calibration does (export, session, first runs on cold memory).
+    default = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     feed_name = sess.get_inputs()[0].name
     sess.run(None, {feed_name: data[:BATCH]})
-    floats, cals, float_cpu, cal_cpu = [], [], [], []
-    for _ in range(repeat):
-        start, cpu = time.perf_counter(), time.process_time()
+    default.run(None, {feed_name: data[:BATCH]})
+
+    def run_all(session: ort.InferenceSession) -> None:
         for i in range(0, len(data), BATCH):
-            sess.run(None, {feed_name: data[i:i + BATCH]})
-        floats.append(time.perf_counter() - start)
-        float_cpu.append(time.process_time() - cpu)
-        start, cpu = time.perf_counter(), time.process_time()
-        config = CalibrationConfig(calib, batch_size=BATCH, progress=False)
-        stats = config.collect(graph, names, histograms=calibrator != "minmax")
-        compute_ranges(stats, calibrator, names=names)
-        cals.append(time.perf_counter() - start)
-        cal_cpu.append(time.process_time() - cpu)
-    return {"float_s": min(floats), "calib_s": min(cals), "float_cpu_s": min(float_cpu), "calib_cpu_s": min(cal_cpu),
+            session.run(None, {feed_name: data[i:i + BATCH]})
+
+    def cold() -> None:
+        run_all(ort.InferenceSession(model_path, providers=["CPUExecutionProvider"]))
+
+    times: dict[str, list[float]] = {k: [] for k in ("float", "float_default", "float_cold", "calib")}
+    cpu_times: dict[str, list[float]] = {k: [] for k in times}
+    for _ in range(repeat):
+        for key, work in (("float", lambda: run_all(sess)), ("float_default", lambda: run_all(default)),
+                          ("float_cold", cold), ("calib", None)):
+            start, cpu = time.perf_counter(), time.process_time()
+            if work is not None:
+                work()
+            else:
+                config = CalibrationConfig(calib, batch_size=BATCH, progress=False)
+                stats = config.collect(graph, names, histograms=calibrator != "minmax")
+                compute_ranges(stats, calibrator, names=names)
+            times[key].append(time.perf_counter() - start)
+            cpu_times[key].append(time.process_time() - cpu)
+    return {**{f"{k}_s": min(v) for k, v in times.items()}, **{f"{k}_cpu_s": min(v) for k, v in cpu_times.items()},
             "tensors": len(names)}
 
 
@@ -441,6 +454,8 @@ def main() -> int:
                 ratio = spawn("ratio", str(path), str(calib), cal, args.ratio_repeat)
                 r["calib_ratio"] = ratio["calib_s"] / ratio["float_s"] if "calib_s" in ratio else None
                 r["calib_cpu_ratio"] = ratio["calib_cpu_s"] / ratio["float_cpu_s"] if "calib_s" in ratio else None
+                r["calib_default_ratio"] = ratio["calib_s"] / ratio["float_default_s"] if "calib_s" in ratio else None
+                r["calib_cold_ratio"] = ratio["calib_s"] / ratio["float_cold_s"] if "calib_s" in ratio else None
                 r["ratio_run"] = ratio
             rows.append({"model": model, "tool": "kiln", "method": cal, "float_s": base["seconds"], **r})
             print(json.dumps(rows[-1]), flush=True)
@@ -547,7 +562,11 @@ def write_report(rows: list[dict], memory: dict[str, list[dict]], kl: dict, args
         "made beforehand, best of 3). *calibration*: kiln's data collection (export, session, runs, histograms) "
         "plus range computation, as the quantize pass runs them, timed alternately with float inference in one "
         f"process, best of {args.ratio_repeat} each (so that load from other processes weighs on both alike), "
-        "both sessions with non-spinning pool threads; its CPU column is process CPU time, the work done; "
+        "against three float runs of the same samples: a session with non-spinning pool threads (*x float*; its "
+        "CPU column is process CPU time, the work done), a session with onnxruntime's default options, whose "
+        "pool threads spin between ops (*x float, defaults*: the fastest float pass on an idle machine), and a "
+        "fresh default session per pass (*x fresh float*: loading the model and running it once, which is what "
+        "any calibrator starts from; kiln's calibration also makes its session and runs on cold memory); "
         "*whole*: load + optimize + calibrate + quantize + int8 report + save (`kiln.compile`) or onnxruntime's "
         "`quantize_static`, against the float time measured in its own process; *without the int8 report*: "
         "less the time of kiln's per-layer report (probe runs on 8 calibration samples and the written model's "
@@ -560,21 +579,24 @@ def write_report(rows: list[dict], memory: dict[str, list[dict]], kl: dict, args
         "than on the larger models); a row whose calibration comes out at or below 1.0 had its float pass slowed "
         "by load in every repeat."),
         "",
-        ("| model | tool | method | calibration x float | calibration CPU x float CPU | whole x float | "
-         "whole without the int8 report x float | "
+        ("| model | tool | method | calibration x float | calibration CPU x float CPU | calibration x float, "
+         "defaults | calibration x fresh float | whole x float | whole without the int8 report x float | "
          "calibration s | peak RSS MB | output SQNR dB | top-1 agreement | note |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r['error']} | | | | | | | | | | |")
             continue
         top1 = f"{r['top1']:.3f}" if "top1" in r else "-"
         cal = f"{r['calib_ratio']:.2f}" if r.get("calib_ratio") else "-"
         cpu = f"{r['calib_cpu_ratio']:.2f}" if r.get("calib_cpu_ratio") else "-"
+        default = f"{r['calib_default_ratio']:.2f}" if r.get("calib_default_ratio") else "-"
+        cold = f"{r['calib_cold_ratio']:.2f}" if r.get("calib_cold_ratio") else "-"
         bare = (f"{(r['seconds'] - r['report_s']) / r['float_s']:.2f}" if r.get("report_s") is not None
                 else f"{r['seconds'] / r['float_s']:.2f}" if r["tool"] != "kiln" else "-")
-        lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {cal} | {cpu} | {r['seconds'] / r['float_s']:.2f} | "
+        lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {cal} | {cpu} | {default} | {cold} | "
+                     f"{r['seconds'] / r['float_s']:.2f} | "
                      f"{bare} | {_seconds(r.get('calib_s'))} | {r['rss_mb']:.0f} | {r['sqnr_db']:.1f} | {top1} | "
                      f"{r.get('note', '')} |")
     lines += _calibration_against_calibration(rows)
