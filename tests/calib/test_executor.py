@@ -153,8 +153,8 @@ def test_minmax_collects_no_histograms_and_gives_the_same_ranges(graph, tmp_path
     assert calibrate(graph, data, "minmax", batch_size=4).ranges == compute_ranges(full, "minmax")
 
 
-def test_pipelined_reduction_propagates_errors(graph, monkeypatch):
-    """A failure while reducing a batch on the helper thread surfaces in the caller, not silently."""
+def test_a_failed_reduction_propagates(graph, monkeypatch):
+    """A failure while a lane reduces a batch surfaces in the caller, not silently."""
     from kiln.calib import histogram
 
     calls = {"n": 0}
