@@ -185,8 +185,12 @@ def _run(job: _Job, session: Any, indices: Sequence[int] | None, count: int | No
         lane(parts[0])
     else:
         with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="kiln-calib-lane") as pool:
-            for done in [pool.submit(lane, stats) for stats in parts]:
-                done.result()  # a lane's error (a bad sample, a failed run) is raised here
+            lanes_running = [pool.submit(lane, stats) for stats in parts]
+            try:
+                for done in lanes_running:
+                    done.result()  # a lane's error (a bad sample, a failed run) is raised here
+            finally:
+                stop.set()  # also on Ctrl-C in this thread: the lanes end after their current batch
     for other in parts[1:]:
         parts[0].merge(other)
     return parts[0]

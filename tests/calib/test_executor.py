@@ -278,3 +278,35 @@ def test_a_failed_run_is_a_kiln_error(graph, monkeypatch):
     monkeypatch.setattr(executor, "make_session", lambda *a, **k: Failing(real_session(*a, **k)))
     with pytest.raises(KilnError, match=r"onnxruntime failed on a calibration batch \(x\[2, 3, 8, 8\]\): out of memory$"):
         collect(graph, open_source(samples(12), input_specs(graph)), batch_size=2)
+
+
+def test_an_interrupted_caller_stops_the_lanes(graph, monkeypatch):
+    """Ctrl-C while the lanes run: they end after their current batch instead of reading every sample."""
+    import threading
+    from concurrent.futures import Future
+
+    from kiln.calib import executor
+
+    monkeypatch.setattr(executor, "calibration_lanes", lambda workers=1: (2, 1))
+    read = []
+    first_batch = threading.Event()
+
+    def data():
+        for i in range(400):
+            read.append(i)
+            if i == 4:
+                first_batch.set()
+            yield samples(1, seed=i)[0]
+
+    original = Future.result
+
+    def interrupted(self, timeout=None):  # type: ignore[no-untyped-def]
+        if threading.current_thread() is threading.main_thread():
+            first_batch.wait(5)
+            raise KeyboardInterrupt
+        return original(self, timeout)
+
+    monkeypatch.setattr(Future, "result", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        collect(graph, open_source(data(), input_specs(graph)), batch_size=1)
+    assert len(read) < 50
