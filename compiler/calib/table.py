@@ -93,6 +93,9 @@ class CalibrationResult:
     reduces over (see :mod:`kiln.passes.quantize.sensitivity`)."""
     output_sqnr: float | None = None
     """The model's output SQNR (dB) with every quantized layer quantized, on the probe samples."""
+    weights_sqnr: float | None = None
+    """The output SQNR (dB) with only the quantized layers' int8 weights, every activation float, on the
+    ``layer_samples``: the most any activation calibration could reach."""
     probe_samples: int = 0
     """Calibration samples the output SQNR was measured on."""
     layer_samples: int = 0
@@ -124,6 +127,7 @@ class CalibrationResult:
                               **({"sqnr_db": num(self.layer_sqnr[name])} if name in self.layer_sqnr else {})}
                        for name, li in self.layers.items()},
             "output_sqnr_db": None if self.output_sqnr is None else num(self.output_sqnr),
+            "weights_sqnr_db": None if self.weights_sqnr is None else num(self.weights_sqnr),
             "probe_samples": self.probe_samples,
             "layer_samples": self.layer_samples,
             "sensitivity": {k: num(v) for k, v in self.sensitivity.items()},
@@ -145,6 +149,10 @@ class CalibrationResult:
                  f"{self.probe_samples} calibration samples; {len(self.layers)} layers quantized"
                  + (f", {len(self.kept_float)} kept in float" if self.kept_float else "")
                  + (f", {len(self.skipped)} skipped" if self.skipped else "")]
+        if self.weights_sqnr is not None:
+            lines.append(f"int8 weights alone (every activation float): {self.weights_sqnr:.1f} dB on "
+                         f"{self.layer_samples or self.probe_samples} samples, what no activation calibration "
+                         "can improve on")
         moved = sum(1 for r in self.ranges.values() if r.method)
         if moved:
             lines.append(f"{moved} of {len(self.ranges)} activations took the mse threshold: their KL threshold left "

@@ -129,6 +129,7 @@ class Quantize(Pass):
                                len(keep))
         if probe is not None and plan.layers and self.report:
             result.tensor_sqnr, result.layer_sqnr, result.channel_spread = probe.local_errors(plan)
+            result.weights_sqnr = probe.weights_sqnr(plan.layers)
         changed = self.apply(graph, plan, ranges, result, ctx)
         if probe is not None and plan.layers and (self.report or self.min_sqnr):
             result.output_sqnr = probe.graph_sqnr(graph)
@@ -255,9 +256,17 @@ def _warn_if_poor(result: CalibrationResult, target: float) -> None:
                        "layers kept in float; ask for more, or measure on more samples (--probe-samples)",
                        target, sqnr, result.probe_samples, len(result.kept_float))
     elif sqnr < POOR_SQNR_DB:
-        logger.warning("int8: output SQNR %.1f dB against float on %d calibration samples (%s calibrator); worst "
-                       "layers: %s.  Try another --calibrator, --min-sqnr DB (mixed precision) or --skip-layers",
-                       sqnr, result.probe_samples, result.calibrator, worst)
+        weights = result.weights_sqnr
+        if weights is not None and weights < POOR_SQNR_DB + 3:
+            # The weights alone already cost that much: no calibrator helps, only keeping layers float does.
+            logger.warning("int8: output SQNR %.1f dB against float on %d calibration samples (%s calibrator); "
+                           "the int8 weights alone, every activation float, give %.1f dB, so no calibrator can "
+                           "do much better.  Keep the costliest layers in float: --min-sqnr DB or --skip-layers "
+                           "(worst layers: %s)", sqnr, result.probe_samples, result.calibrator, weights, worst)
+        else:
+            logger.warning("int8: output SQNR %.1f dB against float on %d calibration samples (%s calibrator); "
+                           "worst layers: %s.  Try another --calibrator, --min-sqnr DB (mixed precision) or "
+                           "--skip-layers", sqnr, result.probe_samples, result.calibrator, worst)
 
 
 def _insert_pair(graph: Graph, v: Value, threshold: float) -> Value:

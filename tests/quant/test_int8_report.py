@@ -68,6 +68,37 @@ def test_layer_and_tensor_sqnr_equal_a_numpy_simulation():
     assert result.tensor_sqnr["x"] < 30  # 90th percentile clips: the figure must show it
 
 
+def test_weights_alone_equal_a_numpy_simulation():
+    """The weights-alone figure: the output with only the int8 weights (per-channel absmax/127), x in float."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((4, 2, 1, 1)).astype(np.float32)
+    w[0, 0, 0, 0] = 40.0  # one large weight: that channel's scale leaves its other weight coarse
+    model = one_conv(w)
+    data = rng.standard_normal((8, 2, 3, 3)).astype(np.float32)
+    _, result = quantized("quantize", CalibrationConfig(data), model)
+    y = np.einsum("nchw,oc->nohw", data, w[:, :, 0, 0])
+    yw = np.einsum("nchw,oc->nohw", data, fake_quantize(w, 0)[:, :, 0, 0])
+    assert result.weights_sqnr == pytest.approx(sqnr_db(y, yw), abs=0.05)
+    assert result.output_sqnr < result.weights_sqnr  # quantizing x as well only adds noise here
+    assert json.loads(result.to_json())["weights_sqnr_db"] == pytest.approx(result.weights_sqnr)
+    assert f"int8 weights alone (every activation float): {result.weights_sqnr:.1f} dB on 8 samples" in \
+        result.report()
+
+
+def test_poor_weights_are_named_in_the_warning(caplog):
+    """When the weights alone are already poor, the warning says so and points at mixed precision, not at
+    another calibrator."""
+    w = np.full((2, 2, 1, 1), 0.4, np.float32)
+    w[:, 0] = 100.0  # each channel's scale (100/127) rounds its 0.4 weight to 1 step: 0.79
+    data = np.random.default_rng(5).standard_normal((8, 2, 3, 3)).astype(np.float32) * np.float32([0.01, 1])[
+        None, :, None, None]
+    with caplog.at_level(logging.WARNING, logger="kiln"):
+        _, result = quantized("quantize", CalibrationConfig(data), one_conv(w))
+    assert result.weights_sqnr < 20
+    assert "the int8 weights alone, every activation float, give" in caplog.text
+    assert "--min-sqnr DB or --skip-layers" in caplog.text and "Try another --calibrator" not in caplog.text
+
+
 @pytest.mark.parametrize("opset", [13, 18])  # ReduceMax takes its axes as an attribute, then as an input
 def test_channel_spread_is_the_widest_input_channel_over_the_median(opset):
     rng = np.random.default_rng(2)
