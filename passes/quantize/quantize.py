@@ -129,7 +129,7 @@ class Quantize(Pass):
                                len(keep))
         if probe is not None and plan.layers and self.report:
             result.tensor_sqnr, result.layer_sqnr, result.channel_spread = probe.local_errors(plan)
-            result.weights_sqnr = probe.weights_sqnr(plan.layers)
+            result.weights_sqnr = probe.output_sqnr(plan.layers, activations=False)
         changed = self.apply(graph, plan, ranges, result, ctx)
         if probe is not None and plan.layers and (self.report or self.min_sqnr):
             result.output_sqnr = probe.graph_sqnr(graph)
